@@ -1,0 +1,1 @@
+"""Generic NNX building blocks (no model-specific wiring)."""

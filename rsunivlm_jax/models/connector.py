@@ -1,0 +1,33 @@
+"""The `mlp2x_gelu` projector (LLaVA `mm_projector`; transformers `LlavaOnevisionMultiModalProjector`).
+
+Linear(Dv -> D), exact erf GELU, Linear(D -> D), plus the learned `image_newline` vector that
+RSUniVLM appends once after each image's patch tokens (SPEC 2.4, 2.5.1).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rsunivlm_jax.config import ModelConfig
+from rsunivlm_jax.layers.common import Linear, make_param, normal
+from rsunivlm_jax.layers.mlp import ACTIVATIONS
+
+
+class Connector(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        dv, d = cfg.vision.hidden_size, cfg.decoder.hidden_size
+        kw = dict(rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype)
+        self.linear_1 = Linear(dv, d, axes=("conn_in", "conn_out"), **kw)
+        self.linear_2 = Linear(d, d, axes=("conn_out", "embed"), **kw)
+        self.image_newline = (make_param(rngs, normal(d ** -0.5), (d,), ("norm",), param_dtype=cfg.param_dtype)
+                              if cfg.connector.use_image_newline else None)
+        self.act = cfg.connector.hidden_act
+
+    def __call__(self, features: jax.Array) -> jax.Array:
+        """features `[B, N, Dv]` -> `[B, N (+1), D]` with `image_newline` appended."""
+        x = self.linear_2(ACTIVATIONS[self.act](self.linear_1(features)))
+        if self.image_newline is None:
+            return x
+        newline = jnp.broadcast_to(self.image_newline[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+        return jnp.concatenate([x, newline], axis=1)
