@@ -1,0 +1,83 @@
+"""Shared benchmark helpers: alternating timing with medians, machine facts, JSON results."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def time_alternating(fns: dict[str, Callable[[], object]], *, reps: int = 5, warmup: int = 1) -> dict[str, dict]:
+    """Runs each fn `warmup` times, then `reps` rounds alternating between them; returns medians."""
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for r in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            print(f"  rep {r + 1}/{reps} {name}: {times[name][-1]:.3f}s", flush=True)
+    return {name: {"median_s": statistics.median(ts), "runs_s": ts} for name, ts in times.items()}
+
+
+def machine_info() -> dict:
+    import jax
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+    try:
+        import torch
+        import transformers
+        info.update(torch=torch.__version__, transformers=transformers.__version__,
+                    torch_threads=torch.get_num_threads())
+    except ImportError:
+        pass
+    return info
+
+
+def peak_matmul_flops(n: int = 2048, reps: int = 5) -> dict:
+    """Measured float32 GEMM FLOP/s with XLA and with torch (the better is the machine's peak)."""
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best_jax = min(_timed(lambda: f(a).block_until_ready()) for _ in range(reps))
+    out = {"jax_flops": 2 * n ** 3 / best_jax}
+    try:
+        import torch
+        t = torch.ones(n, n)
+        t @ t
+        best_torch = min(_timed(lambda: t @ t) for _ in range(reps))
+        out["torch_flops"] = 2 * n ** 3 / best_torch
+    except ImportError:
+        pass
+    out["peak_flops"] = max(out.values())
+    return out
+
+
+def read_bandwidth(nbytes: int = 1 << 30, reps: int = 5) -> float:
+    """Measured memory read bandwidth (bytes/s): a sum over a 1 GiB float32 array."""
+    x = np.ones(nbytes // 4, np.float32)
+    x.sum()
+    return nbytes / min(_timed(lambda: x.sum()) for _ in range(reps))
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def write_result(name: str, result: dict, out_dir: str = "bench/results") -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    return path

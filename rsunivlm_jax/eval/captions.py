@@ -1,0 +1,125 @@
+"""Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) through pycocoevalcap, in two labelled modes.
+
+* ``"official"`` (when ``java`` is on PATH): exactly what `pycocoevalcap.eval.COCOEvalCap` does -
+  Stanford PTB tokenizer (Java) on references and predictions, then `Bleu(4)`, `Meteor` (Java),
+  `Rouge` and `Cider`. SPICE is never run (its CoreNLP jars download on first use; offline here).
+* ``"java_free"``: a simple tokenizer (NFKC, lower-case, punctuation -> space) and the pure-Python
+  pycocoevalcap scorers `Bleu`, `Rouge`, `Cider`; METEOR is ``None``. Numbers differ slightly from
+  the official ones (PTB splits e.g. "don't" -> "do n't"); the result's ``mode`` says which ran.
+
+Keys follow COCOEvalCap: ``Bleu_1 .. Bleu_4``, ``METEOR``, ``ROUGE_L``, ``CIDEr`` (fractions, CIDEr
+on its natural 0-10 scale). See DESIGN.md appendix C and ENVIRONMENT.md section 9.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import unicodedata
+from typing import Sequence
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+
+OFFICIAL, JAVA_FREE = "official", "java_free"
+METRIC_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+MODE_NOTES = {
+    OFFICIAL: "official pycocoevalcap: PTB tokenizer + METEOR (Java), BLEU/ROUGE-L/CIDEr-D",
+    JAVA_FREE: ("Java-free fallback: simple lower-case/punctuation tokenizer instead of PTB, "
+                "pycocoevalcap BLEU/ROUGE-L/CIDEr-D, METEOR not computed; not comparable digit-for-digit "
+                "with official numbers"),
+}
+
+_PUNCT_RE = re.compile(r"[^\w\s]|_")
+_meteor_scorer = None  # one JVM per process (starting METEOR takes ~6 s)
+
+
+def java_available() -> bool:
+    """True when a ``java`` executable is on PATH (needed by the PTB tokenizer and METEOR)."""
+    return shutil.which("java") is not None
+
+
+def resolve_mode(mode: str = "auto") -> str:
+    """``"auto"`` -> official when Java is present, else java_free; validates explicit modes."""
+    if mode == "auto":
+        return OFFICIAL if java_available() else JAVA_FREE
+    if mode not in (OFFICIAL, JAVA_FREE):
+        raise ValueError(f"caption metric mode must be 'auto', {OFFICIAL!r} or {JAVA_FREE!r}, got {mode!r}")
+    if mode == OFFICIAL and not java_available():
+        raise RuntimeError("official caption metrics need `java` on PATH (PTB tokenizer, METEOR); "
+                           "install a JRE (e.g. openjdk-17-jre-headless) or use mode='java_free'")
+    return mode
+
+
+def simple_tokenize(text: str) -> str:
+    """Java-free tokenizer: NFKC, lower-case, punctuation -> space, tokens joined by one space."""
+    if not isinstance(text, str):
+        return ""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(_PUNCT_RE.sub(" ", text).split())
+
+
+def ptb_tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
+    """PTB-tokenise ``{id: [caption, ...]}`` with pycocoevalcap's `PTBTokenizer` (Java)."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    wrapped = {k: [{"caption": c if isinstance(c, str) else ""} for c in v] for k, v in captions.items()}
+    out = PTBTokenizer().tokenize(wrapped)
+    # Guard against the wrapper's zip truncation: every id must come back with all its captions.
+    for k, v in captions.items():
+        if len(out.get(k, [])) != len(v):
+            raise RuntimeError(f"PTB tokenizer returned {len(out.get(k, []))} captions for id {k}, "
+                               f"expected {len(v)}")
+    return out
+
+
+def get_meteor():
+    """The process-wide pycocoevalcap `Meteor` scorer (starts the JVM on first use)."""
+    global _meteor_scorer
+    if _meteor_scorer is None:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        _meteor_scorer = Meteor()
+    return _meteor_scorer
+
+
+def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]], mode: str = "auto",
+                    meteor=None) -> dict:
+    """Corpus caption metrics of `predictions` against their reference lists.
+
+    predictions: one generated caption per sample.
+    references: per sample a non-empty list of reference captions.
+    mode: ``"auto"`` | ``"official"`` | ``"java_free"`` (see the module docstring).
+    meteor: an existing pycocoevalcap `Meteor` instance to reuse (official mode); default: a
+      process-wide one.
+    Returns ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mode", "note", "n"}``; metric
+    values are None when there are no samples, METEOR is None in java_free mode.
+    """
+    mode = resolve_mode(mode)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str) or len(refs) == 0:
+            raise ValueError(f"sample {i}: references must be a non-empty list of strings, got {refs!r}")
+    out: dict = {k: None for k in METRIC_KEYS}
+    out.update(mode=mode, note=MODE_NOTES[mode], n=len(predictions))
+    if not predictions:
+        return out
+
+    gts_raw = {i: [str(r) for r in refs] for i, refs in enumerate(references)}
+    res_raw = {i: [p if isinstance(p, str) else ""] for i, p in enumerate(predictions)}
+    if mode == OFFICIAL:
+        gts, res = ptb_tokenize(gts_raw), ptb_tokenize(res_raw)
+    else:
+        gts = {k: [simple_tokenize(c) for c in v] for k, v in gts_raw.items()}
+        res = {k: [simple_tokenize(c) for c in v] for k, v in res_raw.items()}
+
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    for n, value in enumerate(bleu, start=1):
+        out[f"Bleu_{n}"] = float(value)
+    out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    if mode == OFFICIAL:
+        scorer = meteor if meteor is not None else get_meteor()
+        out["METEOR"] = float(scorer.compute_score(gts, res)[0])
+    return out

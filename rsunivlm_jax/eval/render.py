@@ -1,0 +1,224 @@
+"""Pictures of structured answers and training curves, as Pillow images written to PNG.
+
+* `draw_boxes` / `draw_answer_boxes` - boxes (0-100 units or pixels) drawn on an image; the
+  counterpart of `draw_box` in the reference demo (`app.py`: ``x_pix = x / 100 * W``).
+* `overlay_mask` - a binary mask (any size, e.g. the 24x24 grid) nearest-resized to the image and
+  blended in red; `mask_image` - the black / white map alone.
+* `change_map_panel` - before | after | black / white change map side by side (the demo shows the
+  change map alone).
+* `compose_gallery` - titled panels in a grid, one PNG.
+* `plot_curves` - loss / metric curves to PNG with matplotlib's Agg canvas (no pyplot state).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from rsunivlm_jax import tasks
+
+RED = (255, 0, 0)
+PALETTE = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (255, 0, 255), (0, 220, 220))
+
+
+def _rgb(image) -> Image.Image:
+    """A Pillow RGB copy of `image` (PIL image or HxW / HxWx3 uint8 array)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8, got {arr.dtype}")
+    return Image.fromarray(arr).convert("RGB")
+
+
+def save_png(image: Image.Image, path) -> Path:
+    """Writes `image` as PNG (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # very old Pillow: bitmap font without a size
+        return ImageFont.load_default()
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes
+# --------------------------------------------------------------------------------------------
+
+def draw_boxes(image, boxes: Sequence[Sequence[float]], *, units: str = "0-100",
+               colors: Sequence[tuple[int, int, int]] = PALETTE, width: int | None = None,
+               labels: Sequence[str] | None = None) -> Image.Image:
+    """A copy of `image` with each ``[x1, y1, x2, y2]`` box outlined.
+
+    units: ``"0-100"`` (answer format, relative to this image's W, H) or ``"pixels"``.
+    colors: cycled over the boxes (first box red). width: line width (default ~ min(W, H) / 150).
+    labels: optional text drawn at each box's top-left corner.
+    """
+    if units not in ("0-100", "pixels"):
+        raise ValueError(f"units must be '0-100' or 'pixels', got {units!r}")
+    out = _rgb(image)
+    w, h = out.size
+    if len(boxes) == 0:
+        return out
+    px = tasks.boxes_to_pixels(boxes, w, h) if units == "0-100" else [tuple(map(float, b)) for b in boxes]
+    line = width if width is not None else max(1, round(min(w, h) / 150))
+    draw = ImageDraw.Draw(out)
+    font = _font(max(10, min(w, h) // 25))
+    for k, (x1, y1, x2, y2) in enumerate(px):
+        x1, x2 = sorted((x1, x2))
+        y1, y2 = sorted((y1, y2))
+        # Continuous box edges -> inclusive pixel indices, kept on the canvas.
+        xy = [min(max(round(x1), 0), w - 1), min(max(round(y1), 0), h - 1),
+              min(max(round(x2) - 1, 0), w - 1), min(max(round(y2) - 1, 0), h - 1)]
+        color = tuple(colors[k % len(colors)])
+        draw.rectangle(xy, outline=color, width=line)
+        if labels is not None and k < len(labels) and labels[k]:
+            draw.text((xy[0] + line + 1, xy[1] + line + 1), str(labels[k]), fill=color, font=font)
+    return out
+
+
+def draw_answer_boxes(image, answer: str, **kwargs) -> Image.Image:
+    """Boxes parsed from an answer (``"[x1, y1, x2, y2] ..."`` on 0-100) drawn on `image`."""
+    return draw_boxes(image, tasks.parse_boxes(answer), units="0-100", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks and change maps
+# --------------------------------------------------------------------------------------------
+
+def _mask_at(mask, size: tuple[int, int]) -> np.ndarray:
+    """Bool mask nearest-resized to PIL `size` = (W, H)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    mask = mask.astype(bool)
+    if (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    return tasks.grid_to_mask(mask, size[1], size[0])
+
+
+def mask_image(mask, size: tuple[int, int] | None = None) -> Image.Image:
+    """Black / white RGB picture of a bool mask (white = foreground), optionally resized (W, H)."""
+    mask = np.asarray(mask).astype(bool)
+    if size is not None:
+        mask = _mask_at(mask, size)
+    return Image.fromarray(mask.astype(np.uint8) * 255, mode="L").convert("RGB")
+
+
+def overlay_mask(image, mask, *, color: tuple[int, int, int] = RED, alpha: float = 0.5) -> Image.Image:
+    """`image` with the foreground of `mask` blended towards `color` (``(1 - a) * pixel + a * color``).
+
+    The mask may have any size (a 24x24 grid or full resolution); it is nearest-resized to the image.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    base = _rgb(image)
+    fg = _mask_at(mask, base.size)
+    arr = np.asarray(base).astype(np.float32)
+    arr[fg] = (1.0 - alpha) * arr[fg] + alpha * np.asarray(color, dtype=np.float32)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def overlay_answer_mask(image, answer: str, grid_size: int = tasks.DEFAULT_GRID_SIZE, **kwargs) -> Image.Image:
+    """Mask decoded (tolerantly) from a row-RLE answer, overlaid on `image`."""
+    grid, _ = tasks.decode_mask(answer, grid_size)
+    return overlay_mask(image, grid, **kwargs)
+
+
+def change_map_panel(before, after, change_mask, *, gap: int = 0) -> Image.Image:
+    """before | after | black-and-white change map, side by side at the size of `after`.
+
+    `before` is resized (bilinear) to the size of `after` when they differ; the mask (grid or full
+    resolution) is nearest-resized. Width = 3 * W + 2 * gap, height = H.
+    """
+    after_img = _rgb(after)
+    w, h = after_img.size
+    before_img = _rgb(before)
+    if before_img.size != (w, h):
+        before_img = before_img.resize((w, h), Image.BILINEAR)
+    out = Image.new("RGB", (3 * w + 2 * gap, h), (255, 255, 255))
+    for k, panel in enumerate((before_img, after_img, mask_image(change_mask, (w, h)))):
+        out.paste(panel, (k * (w + gap), 0))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Gallery
+# --------------------------------------------------------------------------------------------
+
+def compose_gallery(panels: Sequence[tuple[str, Image.Image]], *, columns: int | None = None,
+                    cell_size: tuple[int, int] | None = None, title_height: int = 18, padding: int = 4,
+                    background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Titled panels in a grid: each cell is a title strip above the (fitted) image.
+
+    panels: ``[(title, PIL image), ...]``. columns: default ``ceil(sqrt(n))``.
+    cell_size: (W, H) of the image area of each cell; default the largest panel. Panels larger than
+    the cell are shrunk keeping their aspect ratio; smaller ones are centred, not enlarged.
+    Size: ``columns * (W + padding) + padding`` by ``rows * (title_height + H + padding) + padding``.
+    """
+    if not panels:
+        raise ValueError("compose_gallery needs at least one panel")
+    n = len(panels)
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    if cell_size is None:
+        cell_size = (max(p.size[0] for _, p in panels), max(p.size[1] for _, p in panels))
+    cw, ch = cell_size
+    out = Image.new("RGB", (columns * (cw + padding) + padding, rows * (title_height + ch + padding) + padding),
+                    background)
+    draw = ImageDraw.Draw(out)
+    font = _font(max(8, title_height - 6))
+    for k, (title, panel) in enumerate(panels):
+        r, c = divmod(k, columns)
+        x0 = padding + c * (cw + padding)
+        y0 = padding + r * (title_height + ch + padding)
+        img = _rgb(panel)
+        if img.size[0] > cw or img.size[1] > ch:
+            scale = min(cw / img.size[0], ch / img.size[1])
+            img = img.resize((max(1, int(img.size[0] * scale)), max(1, int(img.size[1] * scale))), Image.BILINEAR)
+        draw.text((x0, y0 + 1), str(title), fill=(0, 0, 0), font=font)
+        out.paste(img, (x0 + (cw - img.size[0]) // 2, y0 + title_height + (ch - img.size[1]) // 2))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------------------------
+
+def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path, *, title: str | None = None,
+                xlabel: str = "step", ylabel: str = "loss", logy: bool = False,
+                size_px: tuple[int, int] = (800, 500), dpi: int = 100) -> Path:
+    """Line plot of ``{name: [(step, value), ...]}`` written to `path` as a PNG of `size_px` pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size_px[0] / dpi, size_px[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, points in series.items():
+        points = sorted((float(s), float(v)) for s, v in points)
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=str(name), marker="." if len(points) < 50 else None)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if series:
+        ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi)
+    return path
