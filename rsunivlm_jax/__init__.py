@@ -4,30 +4,42 @@
     config = rs.presets.get("tiny")
     graphdef, params = rs.init(config, rng=0)
     logits = rs.forward(graphdef, params, input_ids, pixel_values, granularity)
+
+Attributes are imported lazily so that data-loader worker processes (which import
+`rsunivlm_jax.data`) do not pay for importing JAX and Flax.
 """
-from rsunivlm_jax import presets
-from rsunivlm_jax.config import ConnectorConfig, DecoderConfig, GMoEConfig, ModelConfig, VisionConfig
-from rsunivlm_jax.functional import (abstract_init, encode_images, forward, init, merge, param_count,
-                                     param_specs, vision_features)
-from rsunivlm_jax.router import route
-from rsunivlm_jax.sharding import make_mesh
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConnectorConfig", "DecoderConfig", "GMoEConfig", "ModelConfig", "VisionConfig", "abstract_init",
-    "encode_images", "forward", "init", "make_mesh", "merge", "param_count", "param_specs", "presets",
-    "route", "vision_features",
-]
+_LAZY = {
+    "presets": ("rsunivlm_jax.presets", None),
+    "tasks": ("rsunivlm_jax.tasks", None),
+    "sharding": ("rsunivlm_jax.sharding", None),
+    "functional": ("rsunivlm_jax.functional", None),
+    "route": ("rsunivlm_jax.router", "route"),
+    "make_mesh": ("rsunivlm_jax.sharding", "make_mesh"),
+    "generate": ("rsunivlm_jax.inference.generate", "generate"),
+    "load_pretrained": ("rsunivlm_jax.checkpoint_io", "load_pretrained"),
+    **{name: ("rsunivlm_jax.config", name)
+       for name in ("ModelConfig", "VisionConfig", "ConnectorConfig", "DecoderConfig", "GMoEConfig")},
+    **{name: ("rsunivlm_jax.functional", name)
+       for name in ("init", "abstract_init", "forward", "merge", "param_count", "param_specs",
+                    "encode_images", "vision_features")},
+}
+
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name):  # lazy heavy submodules
-    if name == "tasks":
-        import importlib
-        return importlib.import_module("rsunivlm_jax.tasks")
-    if name in ("generate", "load_pretrained"):
-        import importlib
-        mod = importlib.import_module("rsunivlm_jax.inference.generate" if name == "generate"
-                                      else "rsunivlm_jax.checkpoint_io")
-        return getattr(mod, name)
-    raise AttributeError(name)
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rsunivlm_jax' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
