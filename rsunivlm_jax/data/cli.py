@@ -1,6 +1,6 @@
 """`rsunivlm-data`: make, convert and inspect instruction datasets.
 
-    rsunivlm-data synth   --out DIR --num N --image-size S [--seed 0] [--split train] [--tfds]
+    rsunivlm-data synth   --out DIR --num N --image-size S [--seed 0] [--split train] [--grid-size 24] [--tfds]
     rsunivlm-data convert --format NAME --src DIR --out DIR [--tfds]
     rsunivlm-data inspect SOURCE [--samples 4] [--render-dir DIR] [--strict]
                           [--max-text-len T --max-seq-len L --tokens-per-image K]
@@ -94,7 +94,7 @@ def _maybe_tfds(out: Path, args) -> None:
 def cmd_synth(args) -> int:
     from rsunivlm_jax.data import synthetic
     path = synthetic.write_dataset(args.out, args.num, image_size=args.image_size, seed=args.seed,
-                                   split=args.split)
+                                   split=args.split, grid_size=args.grid_size)
     print(f"wrote {path}")
     _maybe_tfds(Path(args.out), args)
     return 0
@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--split", default="train")
+    s.add_argument("--grid-size", type=int, default=24, help="mask grid cells per side")
     s.add_argument("--tfds", action="store_true", help="also pack it as a TFDS array_record dataset")
     s.set_defaults(func=cmd_synth)
     c = sub.add_parser("convert", help="convert a public dataset's native layout to records")

@@ -318,7 +318,8 @@ def validate_record(rec: Any, root: str | os.PathLike, *, source: str | None = N
             if not _raw_boxes(a):
                 raise RecordError("bad_box", "[VG] answer contains no [x1, y1, x2, y2] box", rid, source)
         if qtag == "[SEG]":
-            _, problems = tasks.decode_mask(a, grid_size)
+            grid = int(gt.get("grid_size", grid_size)) if isinstance(gt, dict) else grid_size
+            _, problems = tasks.decode_mask(a, grid)
             if problems:
                 raise RecordError("malformed_mask", "; ".join(problems[:3]), rid, source)
     if task == "vg" and "boxes_px" in gt:
