@@ -26,10 +26,23 @@ def _key(rng) -> jax.Array:
     return jax.random.key(rng) if isinstance(rng, int) else rng
 
 
+@functools.lru_cache(maxsize=32)
 def abstract_model(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, abstract state with logical-axes metadata); allocates nothing."""
+    """(graphdef, abstract state with logical-axes metadata); allocates nothing. Cached per config."""
     model = nnx.eval_shape(lambda: RSUniVLM(config, nnx.Rngs(0)))
     return nnx.split(model)
+
+
+@functools.lru_cache(maxsize=32)
+def _init_fn(config: ModelConfig, mesh: Mesh | None, rules_key: tuple | None):
+    """Jitted initialiser, cached per (config, mesh, rules) so repeated `init` calls skip tracing."""
+    def make(key):
+        return nnx.to_pure_dict(nnx.state(RSUniVLM(config, nnx.Rngs(params=key))))
+
+    if mesh is None:
+        return jax.jit(make)
+    _, state = abstract_model(config)
+    return jax.jit(make, out_shardings=shd.param_shardings(state, mesh, dict(rules_key)))
 
 
 def abstract_init(config: ModelConfig, *, mesh: Mesh | None = None, rules=None) -> tuple[nnx.GraphDef, Params]:
@@ -45,15 +58,9 @@ def abstract_init(config: ModelConfig, *, mesh: Mesh | None = None, rules=None) 
 def init(config: ModelConfig, rng: int | jax.Array = 0, *, mesh: Mesh | None = None,
          rules=None) -> tuple[nnx.GraphDef, Params]:
     """Random initialisation -> (graphdef, params). With a mesh, params are created sharded."""
-    graphdef, state = abstract_model(config)
-
-    def make(key):
-        return nnx.to_pure_dict(nnx.state(RSUniVLM(config, nnx.Rngs(params=key))))
-
-    if mesh is None:
-        return graphdef, jax.jit(make)(_key(rng))
-    out = shd.param_shardings(state, mesh, shd.get_rules(rules))
-    return graphdef, jax.jit(make, out_shardings=out)(_key(rng))
+    graphdef, _ = abstract_model(config)
+    rules_key = None if mesh is None else tuple(sorted(shd.get_rules(rules).items()))
+    return graphdef, _init_fn(config, mesh, rules_key)(_key(rng))
 
 
 def param_count(config: ModelConfig) -> int:

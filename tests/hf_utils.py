@@ -1,5 +1,15 @@
-"""Tiny transformers reference models and their configs in our format (parity tests)."""
+"""Tiny transformers reference models, written to disk in each source key layout, and converted.
+
+The parity tests (tests/test_model_parity.py) and the converter tests (tests/convert/) build
+tiny random models with transformers, save them with safetensors in one exact key layout
+(SPEC 9.1 / 9.2), convert them with `tools.convert_torch` and load them with
+`rsunivlm_jax.checkpoint_io.load_pretrained`.
+"""
 from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,127 +17,244 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rsunivlm_jax.config import ConnectorConfig, DecoderConfig, GMoEConfig, ModelConfig, VisionConfig  # noqa: E402
+from rsunivlm_jax import checkpoint_io  # noqa: E402
+from rsunivlm_jax.config import DecoderConfig, VisionConfig  # noqa: E402
 
 IMAGE_TOKEN = 199
 VOCAB = 200
+SO400M = "google/siglip-so400m-patch14-384"
 
 
-def qwen2_hf_config(tie=False, layers=2):
+def qwen2_hf_config(tie=False, layers=2, vocab=VOCAB):
     return transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=512,
-        tie_word_embeddings=tie, attn_implementation="eager", use_sliding_window=False)
+        tie_word_embeddings=tie, attn_implementation="eager", use_sliding_window=False,
+        pad_token_id=0, eos_token_id=1, bos_token_id=0)
 
 
-def siglip_hf_config(layers=3):
+def siglip_hf_config(layers=3, head=False):
     return transformers.SiglipVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4, image_size=32,
         patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", attn_implementation="eager",
-        vision_use_head=False)
+        vision_use_head=head)
 
 
-def our_config(hf_text, hf_vision=None, *, num_experts=1, layers_used=None, dispatch="grouped", tie=None):
-    vision = VisionConfig()
-    if hf_vision is not None:
-        vision = VisionConfig(
-            image_size=hf_vision.image_size, patch_size=hf_vision.patch_size, hidden_size=hf_vision.hidden_size,
-            intermediate_size=hf_vision.intermediate_size, num_attention_heads=hf_vision.num_attention_heads,
-            num_hidden_layers=hf_vision.num_hidden_layers,
-            num_layers_used=layers_used or hf_vision.num_hidden_layers, layer_norm_eps=hf_vision.layer_norm_eps)
-    else:
-        vision = VisionConfig(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
-                              num_attention_heads=2, num_hidden_layers=1, num_layers_used=1)
-    decoder = DecoderConfig(
-        vocab_size=hf_text.vocab_size, hidden_size=hf_text.hidden_size, intermediate_size=hf_text.intermediate_size,
-        num_hidden_layers=hf_text.num_hidden_layers, num_attention_heads=hf_text.num_attention_heads,
-        num_key_value_heads=hf_text.num_key_value_heads, rms_norm_eps=hf_text.rms_norm_eps,
-        rope_theta=hf_text.rope_parameters["rope_theta"] if getattr(hf_text, "rope_parameters", None)
-        else hf_text.rope_theta,
-        tie_word_embeddings=hf_text.tie_word_embeddings if tie is None else tie)
-    return ModelConfig(vision=vision, connector=ConnectorConfig(), decoder=decoder,
-                       gmoe=GMoEConfig(num_experts=num_experts, dispatch=dispatch),
-                       image_token_id=IMAGE_TOKEN, pad_token_id=0, eos_token_ids=(1,), tokenizer_vocab_size=VOCAB)
+# Parts of a full model config that a text-only or vision-only parity check does not exercise.
+TINY_VISION = VisionConfig(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                           num_hidden_layers=1, num_layers_used=1)
+TINY_DECODER = DecoderConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, rope_theta=10000.0,
+                             max_position_embeddings=256)
 
 
 def to_np(t):
     return t.detach().to(torch.float32).numpy()
 
 
-def qwen2_params(sd, prefix, num_layers, experts_sd=None, tie=False):
-    """transformers Qwen2 state dict -> our `decoder` subtree (+ lm_head); experts_sd: list of per-expert dicts."""
-    def stack(fmt, transpose):
-        arrs = [to_np(sd[prefix + fmt.format(l=l)]) for l in range(num_layers)]
-        return np.stack([a.T if transpose else a for a in arrs])
+# ---- models ---------------------------------------------------------------------------------
 
-    def attn(name, bias=True):
-        d = {"kernel": stack(f"layers.{{l}}.self_attn.{name}.weight", True)}
-        if bias:
-            d["bias"] = stack(f"layers.{{l}}.self_attn.{name}.bias", False)
-        return d
-
-    experts = experts_sd or [sd]
-    mlp = {}
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        per_e = [np.stack([to_np(e[prefix + f"layers.{l}.mlp.{name}.weight"]).T for l in range(num_layers)])
-                 for e in experts]
-        mlp[name] = {"kernel": np.stack(per_e, axis=1)}
-    dec = {
-        "embed_tokens": {"embedding": to_np(sd[prefix + "embed_tokens.weight"])},
-        "layers": {
-            "input_layernorm": {"scale": stack("layers.{l}.input_layernorm.weight", False)},
-            "post_attention_layernorm": {"scale": stack("layers.{l}.post_attention_layernorm.weight", False)},
-            "self_attn": {"q_proj": attn("q_proj"), "k_proj": attn("k_proj"), "v_proj": attn("v_proj"),
-                          "o_proj": attn("o_proj", bias=False)},
-            "mlp": mlp,
-        },
-        "norm": {"scale": to_np(sd[prefix + "norm.weight"])},
-    }
-    return dec
+def text_model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return transformers.Qwen2ForCausalLM(cfg).eval()
 
 
-def siglip_params(sd, prefix, num_layers):
-    def stack(fmt, transpose):
-        arrs = [to_np(sd[prefix + fmt.format(l=l)]) for l in range(num_layers)]
-        return np.stack([a.T if transpose else a for a in arrs])
-
-    def lin(name):
-        return {"kernel": stack(f"encoder.layers.{{l}}.{name}.weight", True),
-                "bias": stack(f"encoder.layers.{{l}}.{name}.bias", False)}
-
-    def ln(name):
-        return {"scale": stack(f"encoder.layers.{{l}}.{name}.weight", False),
-                "bias": stack(f"encoder.layers.{{l}}.{name}.bias", False)}
-
-    return {
-        "embeddings": {
-            "patch_embedding": {"kernel": to_np(sd[prefix + "embeddings.patch_embedding.weight"]).transpose(2, 3, 1, 0),
-                                "bias": to_np(sd[prefix + "embeddings.patch_embedding.bias"])},
-            "position_embedding": {"embedding": to_np(sd[prefix + "embeddings.position_embedding.weight"])},
-        },
-        "layers": {
-            "layer_norm1": ln("layer_norm1"), "layer_norm2": ln("layer_norm2"),
-            "self_attn": {n: lin(f"self_attn.{n}") for n in ("q_proj", "k_proj", "v_proj", "out_proj")},
-            "mlp": {"fc1": lin("mlp.fc1"), "fc2": lin("mlp.fc2")},
-        },
-        "post_layernorm": {"scale": to_np(sd[prefix + "post_layernorm.weight"]),
-                           "bias": to_np(sd[prefix + "post_layernorm.bias"])},
-    }
+def three_expert_text_refs(hf_cfg):
+    """Three Qwen2ForCausalLM sharing everything but the MLPs: the G-MoE reference per granularity."""
+    base = text_model(hf_cfg, seed=0)
+    refs = [base]
+    for seed in (1, 2):
+        other = text_model(hf_cfg, seed=seed)
+        m = copy.deepcopy(base)
+        for layer, src in zip(m.model.layers, other.model.layers):
+            layer.mlp.load_state_dict(src.mlp.state_dict())
+        refs.append(m)
+    return refs
 
 
-def fill(params, sub):
-    """Copies numpy arrays from `sub` into the matching entries of the jax params tree (shape-checked)."""
-    import jax.numpy as jnp
+def llava_ov(seed=0, *, tie=True, vocab=VOCAB, vision_layers=2, feature_layer=-1, head=False, text_layers=2):
+    """transformers LlavaOnevisionForConditionalGeneration (5.x) in the RSUniVLM base-view setting."""
+    text = qwen2_hf_config(tie=tie, vocab=vocab, layers=text_layers)
+    vision = siglip_hf_config(layers=vision_layers, head=head)
+    cfg = transformers.LlavaOnevisionConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_index=IMAGE_TOKEN,
+        video_token_index=IMAGE_TOKEN - 1, vision_feature_layer=feature_layer, vision_feature_select_strategy="full",
+        image_grid_pinpoints=[[32, 32]], projector_hidden_act="gelu", multimodal_projector_bias=True,
+        tie_word_embeddings=tie)
+    cfg.vision_config.vision_use_head = head
+    torch.manual_seed(seed)
+    model = transformers.LlavaOnevisionForConditionalGeneration(cfg).eval()
+    return model, text, vision
 
-    def rec(dst, src, path):
-        for k, v in src.items():
-            if k not in dst:
-                raise KeyError(f"{path}/{k} not in params")
-            if isinstance(v, dict):
-                rec(dst[k], v, f"{path}/{k}")
-            else:
-                if tuple(dst[k].shape) != tuple(v.shape):
-                    raise ValueError(f"{path}/{k}: {dst[k].shape} vs {v.shape}")
-                dst[k] = jnp.asarray(v)
-    rec(params, sub, "")
-    return params
+
+def llava_ov_experts(tie=False, **kw):
+    """Three LLaVA-OV models sharing everything but the decoder MLPs (G-MoE reference per expert)."""
+    base, text, vision = llava_ov(0, tie=tie, **kw)
+    refs = [base]
+    for seed in (1, 2):
+        other, _, _ = llava_ov(seed, tie=tie, **kw)
+        m = copy.deepcopy(base)
+        for layer, src in zip(m.model.language_model.layers, other.model.language_model.layers):
+            layer.mlp.load_state_dict(src.mlp.state_dict())
+        refs.append(m)
+    return refs, text, vision
+
+
+def llava_inputs(num_images, seed=3, per_image=(32 // 8) ** 2 + 1):
+    """(our input_ids [1, T], transformers input_ids [1, L], pixels [N, S, S, 3]) for a base-view request."""
+    rng = np.random.default_rng(seed)
+    pre = rng.integers(2, 150, 4).tolist()
+    post = rng.integers(2, 150, 6).tolist()
+    gap = [int(rng.integers(2, 150))]
+    placeholders = [IMAGE_TOKEN] + (gap + [IMAGE_TOKEN] if num_images == 2 else [])
+    ours = np.array([pre + placeholders + post], np.int32)
+    hf = pre + [IMAGE_TOKEN] * per_image + (gap + [IMAGE_TOKEN] * per_image if num_images == 2 else []) + post
+    pixels = rng.uniform(-1, 1, (num_images, 32, 32, 3)).astype(np.float32)
+    return ours, np.array([hf]), pixels
+
+
+def llava_ref_logits(model, hf_ids, pixels):
+    """Reference logits: batch_num_images=[2] selects the base view + one image_newline per image (the
+    RSUniVLM layout); for one image it makes transformers skip AnyRes tiling (see SPEC 9.2)."""
+    n = pixels.shape[0]
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(hf_ids).long(),
+                    pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2))[:, None],
+                    image_sizes=torch.tensor([[32, 32]] * n), batch_num_images=torch.tensor([2]))
+    return to_np(out.logits)
+
+
+# ---- writing checkpoints --------------------------------------------------------------------
+
+def write_checkpoint(directory, tensors: dict, config: dict, *, shards: int = 1, dtype=None,
+                     generation_config: dict | None = None) -> Path:
+    """safetensors (one file, or `shards` files + model.safetensors.index.json) + config.json."""
+    from safetensors.torch import save_file
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.detach().to(dtype) if dtype is not None else v.detach()).contiguous().clone()
+               for k, v in tensors.items()}
+    if shards == 1:
+        save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        keys = sorted(tensors)
+        chunks = [keys[i::shards] for i in range(shards)]
+        weight_map = {}
+        for i, chunk in enumerate(chunks):
+            name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            save_file({k: tensors[k] for k in chunk}, str(d / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in chunk})
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    if generation_config is not None:
+        (d / "generation_config.json").write_text(json.dumps(generation_config))
+    return d
+
+
+def save_hf(model, directory) -> Path:
+    """transformers `save_pretrained` (5.x file layout)."""
+    model.save_pretrained(str(directory))
+    return Path(directory)
+
+
+def rename(sd: dict, table) -> dict:
+    """Renames keys by the first matching (old_prefix, new_prefix); None drops the key."""
+    out = {}
+    for k, v in sd.items():
+        for old, new in table:
+            if k.startswith(old):
+                if new is not None:
+                    out[new + k[len(old):]] = v
+                break
+        else:
+            out[k] = v
+    return out
+
+
+def qwen2_fields(text) -> dict:
+    """Top-level Qwen2 entries of a LLaVA-NeXT config.json, from a transformers Qwen2Config."""
+    d = text.to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "hidden_act", "use_sliding_window",
+            "tie_word_embeddings", "pad_token_id", "eos_token_id", "bos_token_id")
+    out = {k: d[k] for k in keep if k in d}
+    out["rope_theta"] = (d.get("rope_parameters") or {}).get("rope_theta", d.get("rope_theta"))
+    return out
+
+
+def llava_next_tensors(models, *, experts: bool, inv_freq: bool = False) -> dict:
+    """RSUniVLM / LLaVA-NeXT keys (SPEC 9.1) from transformers 5.x LlavaOnevision models.
+
+    experts=True: `model.layers.{i}.mlp.{e}.*` from models[e]; else the dense MLPs of models[0].
+    Everything else comes from models[0]; no `lm_head.weight` when its config ties the head.
+    """
+    sd = models[0].state_dict()
+    table = [("model.language_model.", "model."), ("model.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
+             ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
+             ("model.multi_modal_projector.linear_2.", "model.mm_projector.2.")]
+    out = rename(sd, table)
+    if models[0].config.text_config.tie_word_embeddings:
+        out.pop("lm_head.weight")
+    if experts:
+        n_layers = models[0].config.text_config.num_hidden_layers
+        for i in range(n_layers):
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                out.pop(f"model.layers.{i}.mlp.{name}.weight")
+                for e, m in enumerate(models):
+                    out[f"model.layers.{i}.mlp.{e}.{name}.weight"] = m.state_dict()[
+                        f"model.language_model.layers.{i}.mlp.{name}.weight"]
+    if inv_freq:  # older checkpoints carry the rotary buffer
+        out["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.arange(4, dtype=torch.float32)
+    return out
+
+
+def llava_next_config(text, vision, *, num_experts: int | None, stored_blocks: int) -> dict:
+    """config.json of the LLaVA-NeXT code base (`llava_qwen_gmoe` / `llava_qwen`).
+
+    The tower is described by `vision_config` with one block more than stored and
+    `mm_vision_select_layer=-2`, like RSUniVLM's 27-block so400m truncated to 26.
+    """
+    vdict = {k: v for k, v in vision.to_dict().items() if k in (
+        "hidden_size", "intermediate_size", "num_attention_heads", "image_size", "patch_size", "layer_norm_eps",
+        "hidden_act", "num_channels")}
+    vdict.update(num_hidden_layers=stored_blocks + 1, model_type="siglip_vision_model")
+    cfg = dict(architectures=["LlavaQwenGMoEForCausalLM" if num_experts else "LlavaQwenForCausalLM"],
+               model_type="llava_qwen_gmoe" if num_experts else "llava_qwen", **qwen2_fields(text),
+               image_token_index=IMAGE_TOKEN, mm_vision_tower=SO400M, vision_config=vdict, mm_vision_select_layer=-2,
+               mm_vision_select_feature="patch", mm_projector_type="mlp2x_gelu", mm_hidden_size=vision.hidden_size,
+               mm_patch_merge_type="spatial_unpad", image_aspect_ratio="square", mm_resampler_type=None)
+    return cfg
+
+
+HF_SPELLINGS = {
+    # transformers 5.x in-memory names -> each stored / in-memory spelling of SPEC 9.2
+    "hf_hub": [("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+               ("model.vision_tower.", "vision_tower.vision_model."), ("model.multi_modal_projector.",
+                                                                       "multi_modal_projector."),
+               ("model.image_newline", "image_newline")],
+    "hf_saved_5x": [("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                    ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."),
+                    ("model.image_newline", "image_newline")],
+    "hf_memory_4x": [("model.vision_tower.", "model.vision_tower.vision_model.")],
+    "hf_memory_5x": [],
+}
+
+
+def hf_tensors(model, spelling: str) -> dict:
+    sd = dict(model.state_dict())
+    if model.config.text_config.tie_word_embeddings:
+        sd.pop("lm_head.weight")
+    return rename(sd, HF_SPELLINGS[spelling])
+
+
+def hf_config_dict(model) -> dict:
+    return model.config.to_dict()
+
+
+# ---- converting -----------------------------------------------------------------------------
+
+def convert(src, dst, **kwargs) -> "checkpoint_io.Pretrained":
+    """Converts with tools.convert_torch and loads the result."""
+    from tools.convert_torch.convert import convert as run
+    run(src, dst, **kwargs)
+    return checkpoint_io.load_pretrained(dst)

@@ -1,6 +1,8 @@
-"""Float32 parity against transformers (CPU, eager attention, highest matmul precision)."""
-import copy
+"""Float32 parity against transformers (CPU, eager attention, highest matmul precision).
 
+Weights reach our model only through the converter: each reference is saved in a PyTorch key
+layout, converted with `tools.convert_torch` and loaded with `checkpoint_io.load_pretrained`.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from tests import hf_utils as H
 torch = H.torch
 transformers = H.transformers
 import rsunivlm_jax as rs  # noqa: E402
+from rsunivlm_jax import checkpoint_io  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -21,31 +24,54 @@ def _highest():
         yield
 
 
-def _text_model(cfg, seed=0):
-    torch.manual_seed(seed)
-    return transformers.Qwen2ForCausalLM(cfg).eval()
+def _text_only(pre, **replace):
+    """Full model = converted decoder (+ head) + a tiny random vision tower that text-only inputs never use."""
+    cfg = pre.config.replace(vision=H.TINY_VISION, image_token_id=H.IMAGE_TOKEN, **replace)
+    return checkpoint_io.assemble(cfg, pre)
 
 
-def _our_text(hf_cfg, hf_models, *, dispatch="grouped"):
-    """Our model with decoder weights from hf_models[0] and experts from each hf model's MLPs."""
-    cfg = H.our_config(hf_cfg, num_experts=len(hf_models), dispatch=dispatch)
-    graphdef, params = rs.init(cfg, 0)
-    sds = [m.state_dict() for m in hf_models]
-    dec = H.qwen2_params(sds[0], "model.", hf_cfg.num_hidden_layers, experts_sd=sds)
-    H.fill(params, {"decoder": dec})
-    if not hf_cfg.tie_word_embeddings:
-        H.fill(params, {"lm_head": {"kernel": H.to_np(sds[0]["lm_head.weight"]).T}})
-    return graphdef, params
+def _our_text(tmp_path, hf_cfg, hf_models, *, dispatch="grouped"):
+    """Our model from hf_models[0]'s decoder with one expert per hf model's MLPs, via the converter.
+
+    One model: a bare Qwen2 checkpoint (save_pretrained). Several: the RSUniVLM layout with
+    `model.layers.{i}.mlp.{e}.*` experts (plus a random tiny SigLIP and projector).
+    """
+    if len(hf_models) == 1:
+        pre = H.convert(H.save_hf(hf_models[0], tmp_path / "src"), tmp_path / "dst")
+    else:
+        sds = [m.state_dict() for m in hf_models]
+        tensors = {k: v for k, v in sds[0].items() if ".mlp." not in k}
+        for i in range(hf_cfg.num_hidden_layers):
+            for e, sd in enumerate(sds):
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    tensors[f"model.layers.{i}.mlp.{e}.{name}.weight"] = sd[f"model.layers.{i}.mlp.{name}.weight"]
+        vision = H.siglip_hf_config(layers=1)
+        torch.manual_seed(5)
+        sig = transformers.SiglipVisionModel(vision)
+        tensors.update({"model.vision_tower.vision_tower.vision_model." + k.removeprefix("vision_model."): v
+                        for k, v in sig.state_dict().items()})
+        for i, (n_in, n_out) in ((0, (vision.hidden_size, hf_cfg.hidden_size)), (2, (hf_cfg.hidden_size,) * 2)):
+            lin = torch.nn.Linear(n_in, n_out)
+            tensors[f"model.mm_projector.{i}.weight"], tensors[f"model.mm_projector.{i}.bias"] = lin.weight, lin.bias
+        tensors["model.image_newline"] = torch.randn(hf_cfg.hidden_size)
+        cfg = H.llava_next_config(hf_cfg, vision, num_experts=len(hf_models), stored_blocks=1)
+        pre = H.convert(H.write_checkpoint(tmp_path / "src", tensors, cfg), tmp_path / "dst")
+        assert pre.config.gmoe.num_experts == len(hf_models)
+    cfg = pre.config.replace(image_token_id=H.IMAGE_TOKEN, gmoe={"dispatch": dispatch})
+    if "vision" in pre.parts:
+        graphdef, _ = rs.abstract_init(cfg)
+        return graphdef, pre.params
+    return _text_only(pre, gmoe={"dispatch": dispatch})
 
 
-def test_siglip_truncated_tower_matches_transformers():
+def test_siglip_truncated_tower_matches_transformers(tmp_path):
     vcfg = H.siglip_hf_config(layers=3)
     torch.manual_seed(0)
     hf = transformers.SiglipVisionModel(vcfg).eval()
-    cfg = H.our_config(H.qwen2_hf_config(), vcfg, layers_used=2)
-    graphdef, params = rs.init(cfg, 0)
-    H.fill(params, {"vision": H.siglip_params(hf.state_dict(), "vision_model." if any(
-        k.startswith("vision_model.") for k in hf.state_dict()) else "", 3)})
+    # bare SigLIP checkpoint; keep 2 of its 3 blocks (the third is dropped by the converter)
+    pre = H.convert(H.save_hf(hf, tmp_path / "src"), tmp_path / "dst", vision_layers=2)
+    assert pre.parts == ("vision",) and pre.config.vision.num_hidden_layers == 2
+    graphdef, params = checkpoint_io.assemble(pre.config.replace(decoder=H.TINY_DECODER, image_token_id=63), pre)
     pixels = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     with torch.no_grad():
         out = hf(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)), output_hidden_states=True)
@@ -55,10 +81,10 @@ def test_siglip_truncated_tower_matches_transformers():
 
 
 @pytest.mark.parametrize("tie", [False, True])
-def test_qwen2_logits_match_transformers(tie):
+def test_qwen2_logits_match_transformers(tmp_path, tie):
     hf_cfg = H.qwen2_hf_config(tie=tie)
-    hf = _text_model(hf_cfg)
-    graphdef, params = _our_text(hf_cfg, [hf])
+    hf = H.text_model(hf_cfg)
+    graphdef, params = _our_text(tmp_path, hf_cfg, [hf])
     ids = np.random.default_rng(1).integers(2, H.VOCAB - 2, (2, 11)).astype(np.int32)
     with torch.no_grad():
         ref = H.to_np(hf(torch.from_numpy(ids).long()).logits)
@@ -66,24 +92,11 @@ def test_qwen2_logits_match_transformers(tie):
     assert np.abs(ours - ref).max() <= 1e-4
 
 
-def _three_expert_refs(hf_cfg):
-    """Three Qwen2ForCausalLM sharing everything but the MLPs: the G-MoE reference per granularity."""
-    base = _text_model(hf_cfg, seed=0)
-    refs = [base]
-    for seed in (1, 2):
-        other = _text_model(hf_cfg, seed=seed)
-        m = copy.deepcopy(base)
-        for layer, src in zip(m.model.layers, other.model.layers):
-            layer.mlp.load_state_dict(src.mlp.state_dict())
-        refs.append(m)
-    return refs
-
-
 @pytest.mark.parametrize("dispatch", ["grouped", "dense_mask"])
-def test_gmoe_matches_per_expert_reference(dispatch):
+def test_gmoe_matches_per_expert_reference(tmp_path, dispatch):
     hf_cfg = H.qwen2_hf_config()
-    refs = _three_expert_refs(hf_cfg)
-    graphdef, params = _our_text(hf_cfg, refs, dispatch=dispatch)
+    refs = H.three_expert_text_refs(hf_cfg)
+    graphdef, params = _our_text(tmp_path, hf_cfg, refs, dispatch=dispatch)
     ids = np.random.default_rng(2).integers(2, H.VOCAB - 2, (3, 9)).astype(np.int32)
     with torch.no_grad():
         ref = [H.to_np(r(torch.from_numpy(ids).long()).logits) for r in refs]
@@ -97,59 +110,22 @@ def test_gmoe_matches_per_expert_reference(dispatch):
             assert np.abs(ours[b] - ref[b][b]).max() <= 1e-4, b
 
 
-def _llava_ov(seed=0):
-    text = H.qwen2_hf_config(tie=True)
-    vision = H.siglip_hf_config(layers=2)
-    cfg = transformers.LlavaOnevisionConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), image_token_index=H.IMAGE_TOKEN,
-        video_token_index=H.IMAGE_TOKEN - 1, vision_feature_layer=-1, vision_feature_select_strategy="full",
-        image_grid_pinpoints=[[32, 32]], projector_hidden_act="gelu", multimodal_projector_bias=True,
-        tie_word_embeddings=True)
-    cfg.vision_config.vision_use_head = False
-    torch.manual_seed(seed)
-    model = transformers.LlavaOnevisionForConditionalGeneration(cfg).eval()
-    return model, text, vision
-
-
-def _our_from_llava(model, text, vision):
-    cfg = H.our_config(text, vision, num_experts=1, tie=True)
-    graphdef, params = rs.init(cfg, 0)
-    sd = model.state_dict()
-    vt_prefix = "model.vision_tower.vision_model." if any(
-        k.startswith("model.vision_tower.vision_model.") for k in sd) else "model.vision_tower."
-    H.fill(params, {
-        "decoder": H.qwen2_params(sd, "model.language_model.", text.num_hidden_layers),
-        "vision": H.siglip_params(sd, vt_prefix, vision.num_hidden_layers),
-        "connector": {
-            "linear_1": {"kernel": H.to_np(sd["model.multi_modal_projector.linear_1.weight"]).T,
-                         "bias": H.to_np(sd["model.multi_modal_projector.linear_1.bias"])},
-            "linear_2": {"kernel": H.to_np(sd["model.multi_modal_projector.linear_2.weight"]).T,
-                         "bias": H.to_np(sd["model.multi_modal_projector.linear_2.bias"])},
-            "image_newline": H.to_np(sd["model.image_newline"])},
-    })
-    return graphdef, params
+@pytest.fixture(scope="module")
+def llava_converted(tmp_path_factory):
+    """A tiny LLaVA-OneVision saved by transformers' save_pretrained, converted."""
+    model, _, _ = H.llava_ov()
+    d = tmp_path_factory.mktemp("llava")
+    pre = H.convert(H.save_hf(model, d / "src"), d / "dst")
+    assert pre.meta["source"]["layout"] == "hf_saved_5x"
+    return model, pre
 
 
 @pytest.mark.parametrize("num_images", [1, 2])
-def test_llava_onevision_base_view_matches_ours(num_images):
-    model, text, vision = _llava_ov()
-    graphdef, params = _our_from_llava(model, text, vision)
-    per_image = (32 // 8) ** 2 + 1
-    rng = np.random.default_rng(3)
-    pre = rng.integers(2, 150, 4).tolist()
-    post = rng.integers(2, 150, 6).tolist()
-    gap = [int(rng.integers(2, 150))]
-    placeholders = [H.IMAGE_TOKEN] + (gap + [H.IMAGE_TOKEN] if num_images == 2 else [])
-    ours_ids = np.array([pre + placeholders + post], np.int32)
-    hf_ids = pre + [H.IMAGE_TOKEN] * per_image + (gap + [H.IMAGE_TOKEN] * per_image if num_images == 2 else []) + post
-    pixels = rng.uniform(-1, 1, (num_images, 32, 32, 3)).astype(np.float32)
-    with torch.no_grad():
-        # batch_num_images != [1] selects the base view + one image_newline per image (the RSUniVLM layout);
-        # for one image we pass [2] so transformers skips AnyRes tiling (see SPEC 9.2).
-        ref = H.to_np(model(
-            input_ids=torch.tensor([hf_ids]), pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2))[:, None],
-            image_sizes=torch.tensor([[32, 32]] * num_images), batch_num_images=torch.tensor([2])).logits)
-    ours = np.asarray(rs.forward(graphdef, params, jnp.asarray(ours_ids), jnp.asarray(pixels)[None],
+def test_llava_onevision_base_view_matches_ours(llava_converted, num_images):
+    model, pre = llava_converted
+    ours_ids, hf_ids, pixels = H.llava_inputs(num_images)
+    ref = H.llava_ref_logits(model, hf_ids, pixels)
+    ours = np.asarray(rs.forward(pre.graphdef, pre.params, jnp.asarray(ours_ids), jnp.asarray(pixels)[None],
                                  jnp.zeros(1, jnp.int32)))
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() <= 1e-4
