@@ -22,8 +22,6 @@ import re
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
-
 from rsunivlm_jax.router import route
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +206,8 @@ def parse_ref_box(question: str) -> tuple[int, int, int, int] | None:
 # Masks
 # --------------------------------------------------------------------------------------------
 
-def _to_pil(arr: np.ndarray) -> Image.Image:
+def _to_pil(arr: np.ndarray):
+    from PIL import Image  # imported lazily: model-only installs (GPU benches) may lack Pillow
     if arr.dtype == np.bool_:
         return Image.fromarray(arr.astype(np.uint8) * 255, mode="L")
     if arr.dtype == np.uint8:
@@ -218,7 +217,7 @@ def _to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr.astype(np.int32), mode="I")
 
 
-def _from_pil(img: Image.Image, dtype) -> np.ndarray:
+def _from_pil(img, dtype) -> np.ndarray:
     out = np.asarray(img)
     if dtype == np.bool_:
         return out > 127
@@ -233,7 +232,7 @@ def mask_to_grid(mask: np.ndarray, grid_size: int = DEFAULT_GRID_SIZE) -> np.nda
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    img = _to_pil(mask).resize((grid_size, grid_size), Image.NEAREST)
+    img = _to_pil(mask).resize((grid_size, grid_size), 0)  # 0 = PIL NEAREST
     return _from_pil(img, mask.dtype)
 
 
@@ -242,7 +241,7 @@ def grid_to_mask(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     grid = np.asarray(grid)
     if grid.ndim != 2:
         raise ValueError(f"grid must be 2-D, got shape {grid.shape}")
-    img = _to_pil(grid).resize((int(width), int(height)), Image.NEAREST)
+    img = _to_pil(grid).resize((int(width), int(height)), 0)  # 0 = PIL NEAREST
     return _from_pil(img, grid.dtype)
 
 
