@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from rsunivlm_jax.config import ModelConfig
+from rsunivlm_jax.tree import unflatten
 
 META_FILE = "meta.json"
 PARAMS_DIR = "params"
@@ -170,14 +171,7 @@ def assemble(config: ModelConfig, *pretrained: Pretrained, rng: int = 0, mesh=No
     for path, a in flat_abstract.items():
         value = given[path] if path in given else _random_leaf(path, a.shape, a.dtype, np_rng)
         out[path] = jax.device_put(jax.numpy.asarray(value, a.dtype), a.sharding)
-    params: dict = {}
-    for path, value in out.items():
-        node = params
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return graphdef, params
+    return graphdef, unflatten(out)
 
 
 def to_numpy(params: dict) -> dict:

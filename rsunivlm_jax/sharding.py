@@ -16,6 +16,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from rsunivlm_jax.tree import unflatten
+
 MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = str | tuple[str, ...] | None
 
@@ -102,20 +104,9 @@ def validate(state: nnx.State, mesh: Mesh, rules: Mapping[str, MeshAxes]) -> Non
         raise ValueError("sharding rules do not fit the parameters:\n" + "\n".join(problems))
 
 
-def _unflatten(items: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, value in items.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return tree
-
-
 def param_specs(state: nnx.State, rules: Mapping[str, MeshAxes]) -> dict:
     """Nested dict (same structure as `nnx.to_pure_dict`) of PartitionSpecs."""
-    return _unflatten({path: logical_to_spec(axes, rules) for path, _, axes in iter_params(state)})
+    return unflatten({path: logical_to_spec(axes, rules) for path, _, axes in iter_params(state)})
 
 
 def param_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, MeshAxes]) -> dict:

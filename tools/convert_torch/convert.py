@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from rsunivlm_jax import checkpoint_io
+from rsunivlm_jax.tree import flatten, unflatten
 from rsunivlm_jax.config import ModelConfig
 from tools.convert_torch import ConversionError, hf_config, io, layouts, mapping
 
@@ -39,27 +40,6 @@ class Item:
     keys: list[tuple[tuple[int, ...], str]]  # (target index, source key)
     upcycle: int = 0  # >0: one source tensor per layer broadcast over this many experts
     rows: int | None = None  # vocabulary rows to keep (torch axis 0)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}/"))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def unflatten(flat: dict[str, object]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
 
 
 def _summarise(kind: str, items: list[str]) -> list[str]:
