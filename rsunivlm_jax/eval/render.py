@@ -78,6 +78,7 @@ def draw_boxes(image, boxes: Sequence[Sequence[float]], *, units: str = "0-100",
         # Continuous box edges -> inclusive pixel indices, kept on the canvas.
         xy = [min(max(round(x1), 0), w - 1), min(max(round(y1), 0), h - 1),
               min(max(round(x2) - 1, 0), w - 1), min(max(round(y2) - 1, 0), h - 1)]
+        xy[2], xy[3] = max(xy[2], xy[0]), max(xy[3], xy[1])  # degenerate (zero-size) boxes: one pixel
         color = tuple(colors[k % len(colors)])
         draw.rectangle(xy, outline=color, width=line)
         if labels is not None and k < len(labels) and labels[k]:

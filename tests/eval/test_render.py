@@ -94,3 +94,13 @@ def test_plot_curves(tmp_path):
     assert got.size == (640, 400)
     arr = np.asarray(got)
     assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 3  # not a blank canvas
+
+
+def test_draw_boxes_accepts_degenerate_boxes():
+    from PIL import Image
+
+    from rsunivlm_jax.eval import render
+    img = Image.new("RGB", (50, 40))
+    out = render.draw_boxes(img, [(10, 10, 10, 30), (20, 20, 40, 20)], units="pixels")
+    assert out.size == (50, 40)
+    assert out.getpixel((10, 20)) != (0, 0, 0)

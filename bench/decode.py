@@ -1,0 +1,177 @@
+"""Decode throughput of rsunivlm-1b (random weights, float32, CPU): our jitted KV-cache loop vs
+transformers `generate` on a Qwen2 decoder of the same size, plus the memory-bandwidth bound.
+
+    .venv/bin/python -m bench.decode [--batches 1 8] [--new-tokens 64] [--reps 2]
+
+Decode tokens/s = batch * (new_tokens - 1) / (t(new_tokens) - t(1)): the difference removes the
+prefill and the first token, so only the per-token loop is measured (both frameworks the same way).
+Both get the same random text prompt (no image; image positions only lengthen the KV cache).
+The bound: a decode step reads every active weight once (attention, one G-MoE expert, norms,
+lm_head; one embedding row) plus the batch's KV cache; tokens/s <= batch * bandwidth / bytes per
+step, with the read bandwidth measured here (best of numpy, XLA and torch sums over 1 GiB). At
+larger batches the compute roofline (2 FLOPs per active weight per token at the measured float32
+GEMM peak) is reported too. Timings on a shared machine vary; the load average is recorded.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rsunivlm_jax as rs
+from bench.common import machine_info, peak_matmul_flops, write_result
+from rsunivlm_jax.inference.generate import generate
+
+
+def read_bandwidth(nbytes: int = 1 << 30, reps: int = 5) -> dict:
+    """Read bandwidth (bytes/s) of a float32 sum over `nbytes`: numpy (1 thread), XLA, torch."""
+    x = np.ones(nbytes // 4, np.float32)
+
+    def best(fn):
+        fn()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return nbytes / min(ts)
+
+    out = {"numpy": best(lambda: x.sum())}
+    xj = jnp.asarray(x)
+    total = jax.jit(jnp.sum)
+    out["xla"] = best(lambda: total(xj).block_until_ready())
+    del xj
+    try:
+        import torch
+        xt = torch.from_numpy(x)
+        out["torch"] = best(lambda: xt.sum())
+    except ImportError:
+        pass
+    out["best"] = max(out.values())
+    return out
+
+
+def step_bytes(cfg, batch: int, cache_len: int, bytes_per: int = 4) -> dict:
+    """Bytes a decode step must read: active weights (once per step) and the KV cache (per row)."""
+    d = cfg.decoder
+    hd, kv = d.head_dim, d.num_key_value_heads
+    attn = d.hidden_size * (d.num_attention_heads * hd) * 2 + d.hidden_size * kv * hd * 2 \
+        + d.num_attention_heads * hd + 2 * kv * hd  # q, o, k, v kernels + biases
+    layer = attn + 3 * d.hidden_size * d.intermediate_size + 2 * d.hidden_size  # one expert + 2 norms
+    weights = d.num_hidden_layers * layer + d.hidden_size * (d.vocab_size + 2)  # lm_head, final norm, 1 row
+    kv_cache = 2 * d.num_hidden_layers * cache_len * kv * hd
+    return {"weights": weights * bytes_per, "kv_cache_per_row": kv_cache * bytes_per,
+            "total": (weights + batch * kv_cache) * bytes_per}
+
+
+def timed(fn, reps: int) -> list[float]:
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="rsunivlm-1b")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--skip-torch", action="store_true")
+    args = p.parse_args(argv)
+    load_start = os.getloadavg()  # other jobs on a shared machine skew timings; recorded with the result
+    cfg = rs.presets.get(args.preset)
+    d = cfg.decoder
+    n = args.new_tokens
+    print(f"init {args.preset} (random, float32) ...", flush=True)
+    t0 = time.perf_counter()
+    graphdef, params = rs.init(cfg, 0)
+    jax.block_until_ready(params)
+    print(f"  {time.perf_counter() - t0:.1f}s", flush=True)
+    bw = read_bandwidth()
+    peak = peak_matmul_flops()
+    print(f"float32 GEMM peak: {peak['peak_flops'] / 1e9:.0f} GFLOP/s", flush=True)
+    print(f"read bandwidth: {bw['best'] / 1e9:.1f} GB/s ({ {k: round(v / 1e9, 1) for k, v in bw.items()} })",
+          flush=True)
+
+    hf = None
+    if not args.skip_torch:
+        import torch
+        import transformers
+        torch.set_num_threads(os.cpu_count() or 2)
+        torch.manual_seed(0)
+        hf_cfg = transformers.Qwen2Config(
+            vocab_size=d.vocab_size, hidden_size=d.hidden_size, intermediate_size=d.intermediate_size,
+            num_hidden_layers=d.num_hidden_layers, num_attention_heads=d.num_attention_heads,
+            num_key_value_heads=d.num_key_value_heads, rms_norm_eps=d.rms_norm_eps, rope_theta=d.rope_theta,
+            max_position_embeddings=d.max_position_embeddings, tie_word_embeddings=d.tie_word_embeddings,
+            use_sliding_window=False, pad_token_id=0, eos_token_id=None, bos_token_id=None)
+        hf = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+
+    rng = np.random.default_rng(0)
+    results = []
+    for b in args.batches:
+        ids = rng.integers(100, 150_000, (b, args.prompt_len)).astype(np.int32)
+        gran = np.zeros((b,), np.int32)
+
+        def run_jax(k):
+            return generate(graphdef, params, ids, None, None, gran, max_new_tokens=k, eos_ids=(),
+                            length_bucket=None, config=cfg)
+
+        runs = {}
+        for k in (1, n):  # compile both lengths first
+            t0 = time.perf_counter()
+            out = run_jax(k)
+            print(f"  jax b={b} max_new={k}: first call {time.perf_counter() - t0:.1f}s", flush=True)
+            assert out.lengths.min() == k
+        for k in (1, n):
+            runs[k] = timed(lambda: run_jax(k), args.reps)
+            print(f"  jax b={b} max_new={k}: {[round(t, 2) for t in runs[k]]}", flush=True)
+        jax_tps = b * (n - 1) / (statistics.median(runs[n]) - statistics.median(runs[1]))
+        row = {"batch": b, "jax": {"runs_s": runs, "decode_tok_s": jax_tps}}
+        if hf is not None:
+            import torch
+            tids = torch.from_numpy(ids).long()
+
+            def run_torch(k):
+                with torch.inference_mode():
+                    return hf.generate(input_ids=tids, attention_mask=torch.ones_like(tids), max_new_tokens=k,
+                                       min_new_tokens=k, do_sample=False, pad_token_id=0, use_cache=True)
+
+            run_torch(2)
+            truns = {k: timed(lambda: run_torch(k), args.reps) for k in (1, n)}
+            for k in (1, n):
+                print(f"  torch b={b} max_new={k}: {[round(t, 2) for t in truns[k]]}", flush=True)
+            torch_tps = b * (n - 1) / (statistics.median(truns[n]) - statistics.median(truns[1]))
+            row["torch"] = {"runs_s": truns, "decode_tok_s": torch_tps}
+            row["speedup_jax_over_torch"] = jax_tps / torch_tps
+        sb = step_bytes(cfg, b, args.prompt_len + n)
+        row["bytes_per_step"] = sb
+        row["bound_tok_s"] = b * bw["best"] / sb["total"]
+        # Compute roofline: 2 FLOPs per active weight per token at the measured float32 GEMM peak.
+        row["compute_bound_tok_s"] = peak["peak_flops"] / (2 * sb["weights"] / 4)
+        row["jax_fraction_of_bound"] = jax_tps / row["bound_tok_s"]
+        if "torch" in row:
+            row["torch_fraction_of_bound"] = row["torch"]["decode_tok_s"] / row["bound_tok_s"]
+        print(f"batch {b}: jax {jax_tps:.2f} tok/s"
+              + (f", torch {row['torch']['decode_tok_s']:.2f} tok/s" if "torch" in row else "")
+              + f", bandwidth bound {row['bound_tok_s']:.2f} tok/s, compute bound "
+              f"{row['compute_bound_tok_s']:.2f} tok/s", flush=True)
+        results.append(row)
+    load_end = os.getloadavg()
+    result = {"bench": "decode", "preset": args.preset, "dtype": "float32", "new_tokens": n, "matmul": peak,
+              "load_average_start_end": [load_start, load_end],
+              "prompt_len": args.prompt_len, "bandwidth_bytes_s": bw, "results": results, "machine": machine_info()}
+    write_result(f"decode_{args.preset}", result)
+
+
+if __name__ == "__main__":
+    main()

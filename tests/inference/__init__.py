@@ -1,0 +1,1 @@
+"""Tests of rsunivlm_jax.inference and the evaluation CLI."""

@@ -1,0 +1,206 @@
+"""Generation against transformers `generate` (greedy, left padding, repetition penalty, images),
+KV-cache logits against the full forward, sampling reproducibility, per-row expert routing."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rsunivlm_jax as rs
+from rsunivlm_jax import checkpoint_io
+from rsunivlm_jax.inference import constrained as C
+from rsunivlm_jax.inference.generate import answer_ids, generate
+
+
+@pytest.fixture(autouse=True)
+def _highest():
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def H():
+    from tests import hf_utils
+    return hf_utils
+
+
+@pytest.fixture(scope="module")
+def qwen_pair(H, tmp_path_factory):
+    """A tiny transformers Qwen2ForCausalLM and our model with its weights (through the converter)."""
+    hf = H.text_model(H.qwen2_hf_config())
+    d = tmp_path_factory.mktemp("qwen")
+    pre = H.convert(H.save_hf(hf, d / "src"), d / "dst")
+    cfg = pre.config.replace(vision=H.TINY_VISION, image_token_id=H.IMAGE_TOKEN)
+    graphdef, params = checkpoint_io.assemble(cfg, pre)
+    return hf, graphdef, params
+
+
+def _hf_generate(H, model, ids, mask, n, eos, rp, **kw):
+    torch = H.torch
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
+                             max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=0,
+                             repetition_penalty=rp, **kw)
+    return out[:, ids.shape[1]:].numpy()
+
+
+def _assert_same(ours, ref, pad=0):
+    """Token-for-token equality; transformers stops when every row is done, ours pads to max_new_tokens."""
+    assert (ours[:, :ref.shape[1]] == ref).all(), (ours, ref)
+    assert (ours[:, ref.shape[1]:] == pad).all()
+
+
+def _padded_batch(vocab):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, vocab - 2, (3, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :5] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+@pytest.mark.torch
+def test_greedy_matches_transformers_single_and_left_padded_batch(H, qwen_pair):
+    hf, graphdef, params = qwen_pair
+    ids, mask = _padded_batch(H.VOCAB)
+    probe = _hf_generate(H, hf, ids, mask, 12, None, 1.0)
+    eos = [int(probe[1, 4])]  # a token row 1 reaches mid-way: exercises stopping and padding
+    ref = _hf_generate(H, hf, ids, mask, 12, eos, 1.0)
+    out = generate(graphdef, params, ids, mask, None, None, max_new_tokens=12, eos_ids=eos, pad_id=0)
+    _assert_same(out.tokens, ref)
+    assert out.lengths[1] == int(np.argmax(ref[1] == eos[0])) + 1
+    single = generate(graphdef, params, ids[1:2, 3:], None, None, None, max_new_tokens=12, eos_ids=eos, pad_id=0)
+    ref1 = _hf_generate(H, hf, ids[1:2, 3:], mask[1:2, 3:], 12, eos, 1.0)
+    _assert_same(single.tokens, ref1)
+    assert (single.tokens[0] == out.tokens[1]).all()  # batched == alone
+
+
+@pytest.mark.torch
+def test_greedy_repetition_penalty_matches_transformers(H, qwen_pair):
+    hf, graphdef, params = qwen_pair
+    ids, mask = _padded_batch(H.VOCAB)
+    plain = _hf_generate(H, hf, ids, mask, 12, [1], 1.0)
+    ref = _hf_generate(H, hf, ids, mask, 12, [1], 1.3)
+    assert (plain != ref).any()  # the penalty matters for this model
+    out = generate(graphdef, params, ids, mask, None, None, max_new_tokens=12, eos_ids=[1], pad_id=0,
+                   repetition_penalty=1.3)
+    _assert_same(out.tokens, ref)
+
+
+@pytest.fixture(scope="module")
+def llava_pair(H, tmp_path_factory):
+    """Tiny LLaVA-OneVision with larger random weights (the default init makes greedy output constant)."""
+    torch = H.torch
+    model, _, _ = H.llava_ov()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if prm.dim() >= 2:
+                prm.normal_(0, 0.1)
+            else:
+                prm.normal_(1.0 if "norm" in name else 0.0, 0.1)
+    d = tmp_path_factory.mktemp("llava")
+    pre = H.convert(H.save_hf(model, d / "src"), d / "dst")
+    return model, pre
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("num_images", [pytest.param(1, marks=pytest.mark.slow), 2])
+def test_greedy_with_images_matches_llava_onevision(H, llava_pair, num_images):
+    torch = H.torch
+    model, pre = llava_pair
+    ours_ids, hf_ids, pixels = H.llava_inputs(num_images)
+    with torch.no_grad():  # base view + image_newline per image (see tests/hf_utils.llava_ref_logits)
+        ref = model.generate(
+            input_ids=torch.from_numpy(hf_ids).long(), attention_mask=torch.ones(hf_ids.shape, dtype=torch.long),
+            pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2))[:, None],
+            image_sizes=torch.tensor([[32, 32]] * num_images), batch_num_images=torch.tensor([2]),
+            max_new_tokens=10, do_sample=False, eos_token_id=[3], pad_token_id=0, repetition_penalty=1.3)
+    ref = ref[:, hf_ids.shape[1]:].numpy()
+    out = generate(pre.graphdef, pre.params, ours_ids, None, pixels[None], [0], max_new_tokens=10, eos_ids=[3],
+                   pad_id=0, repetition_penalty=1.3)
+    _assert_same(out.tokens, ref)
+
+
+def _tiny_batch(cfg, b=2, t=10, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(2, cfg.decoder.vocab_size - 2, (b, t)).astype(np.int32)
+    ids[:, 2] = cfg.image_token_id
+    mask = np.ones_like(ids)
+    mask[1, :2] = 0  # row 1: left padding before its image
+    px = rng.uniform(-1, 1, (b, 1, cfg.vision.image_size, cfg.vision.image_size, 3)).astype(np.float32)
+    return ids, mask, px
+
+
+def test_kv_cache_logits_equal_full_forward(tiny):
+    cfg, graphdef, params = tiny
+    ids, mask, px = _tiny_batch(cfg)
+    n = 8
+    out = generate(graphdef, params, ids, mask, px, [1, 1], max_new_tokens=n, eos_ids=(), return_logits=True,
+                   repetition_penalty=1.2, length_bucket=None)
+    full_ids = np.concatenate([ids, out.tokens], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(out.tokens)], axis=1)
+    full = np.asarray(rs.forward(graphdef, params, jnp.asarray(full_ids), jnp.asarray(px), jnp.ones(2, jnp.int32),
+                                 jnp.asarray(full_mask), output="text"))
+    t = ids.shape[1]
+    ref = full[:, t - 1:t - 1 + n]  # text entry t - 1 + i predicts generated token i
+    assert np.abs(out.logits - ref).max() <= 1e-4
+
+
+def test_sampling_is_reproducible_for_a_key(tiny):
+    cfg, graphdef, params = tiny
+    ids, mask, px = _tiny_batch(cfg, seed=1)
+    kw = dict(max_new_tokens=12, eos_ids=(), do_sample=True, temperature=1.5, top_k=100)
+    a = generate(graphdef, params, ids, mask, px, [0, 0], rng=jax.random.key(7), **kw)
+    b = generate(graphdef, params, ids, mask, px, [0, 0], rng=jax.random.key(7), **kw)
+    c = generate(graphdef, params, ids, mask, px, [0, 0], rng=jax.random.key(8), **kw)
+    assert (a.tokens == b.tokens).all()
+    assert (a.tokens != c.tokens).any()
+
+
+@pytest.mark.parametrize("dispatch", ["grouped", pytest.param("dense_mask", marks=pytest.mark.slow)])
+def test_each_row_uses_its_own_expert(tiny, dispatch):
+    cfg, graphdef, params = tiny
+    if dispatch != cfg.gmoe.dispatch:
+        cfg = cfg.replace(gmoe={"dispatch": dispatch})
+        graphdef, _ = rs.abstract_init(cfg)
+    ids, mask, px = _tiny_batch(cfg, b=3, seed=2)
+    mask[:] = 1
+    batched = generate(graphdef, params, ids, mask, px, [0, 1, 2], max_new_tokens=6, eos_ids=())
+    rows = [generate(graphdef, params, ids[b:b + 1], mask[b:b + 1], px[b:b + 1], [b], max_new_tokens=6,
+                     eos_ids=()).tokens[0] for b in range(3)]
+    assert (batched.tokens == np.stack(rows)).all()
+    assert len({tuple(r) for r in rows}) > 1  # the experts differ
+
+
+def test_input_errors(real_vocab_tiny, qwen_tokenizer):
+    cfg, graphdef, params = real_vocab_tiny
+    ids = np.full((1, 4), 100, np.int32)
+    with pytest.raises(ValueError, match="no real token"):
+        generate(graphdef, params, ids, np.zeros_like(ids), None, None, max_new_tokens=2, config=cfg)
+    con = C.box_constraint(qwen_tokenizer, cfg.decoder.vocab_size, 1)
+    with pytest.raises(ValueError, match="cannot hold a complete constrained answer"):
+        generate(graphdef, params, ids, None, None, None, max_new_tokens=12, constraint=con, config=cfg)
+    with pytest.raises(ValueError, match="constraint is for 1 rows"):
+        generate(graphdef, params, np.ones((2, 4), np.int32), None, None, None, max_new_tokens=20, constraint=con,
+                 config=cfg)
+    with pytest.raises(ValueError, match="vocabulary"):
+        generate(graphdef, params, ids, None, None, None, max_new_tokens=20, config=cfg,
+                 constraint=C.box_constraint(qwen_tokenizer, 151700, 1))
+
+
+def test_answer_ids_drop_eos_and_padding():
+    from rsunivlm_jax.inference.generate import GenerateOutput
+    out = GenerateOutput(np.array([[5, 6, 9, 0], [7, 7, 7, 7]]), np.array([3, 4]))
+    assert answer_ids(out, [9]) == [[5, 6], [7, 7, 7, 7]]
+
+
+@pytest.mark.slow
+def test_sharded_batch_matches_single_device(tiny):
+    cfg, graphdef, params = tiny
+    ids, mask, px = _tiny_batch(cfg, b=3, seed=4)
+    mesh = rs.make_mesh((-1,), ("data",))
+    replicated = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    sharded = generate(graphdef, replicated, ids, mask, px, [0, 0, 0], max_new_tokens=6, eos_ids=(), mesh=mesh)
+    plain = generate(graphdef, params, ids, mask, px, [0, 0, 0], max_new_tokens=6, eos_ids=())
+    assert sharded.tokens.shape == (3, 6) and (sharded.tokens == plain.tokens).all()
