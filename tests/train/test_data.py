@@ -1,0 +1,52 @@
+"""Training inputs: the compact vocabulary for tiny models and the random contract batches."""
+import numpy as np
+
+import rsunivlm_jax as rs
+from rsunivlm_jax.train.data import CompactVocab, RandomBatches, RemapTokens
+
+
+def test_compact_vocab_maps_reserved_ids_and_round_trips(tmp_path):
+    model = rs.presets.get("tiny")  # 512 rows, pad 0, eos 1, image 511
+    pad, eos, image = 151643, 151645, 151646
+    used = [198, 151644, 17, 9, 100000, pad, eos, image]
+    v = CompactVocab.build(used, model=model, pad_id=pad, eos_id=eos, image_id=image)
+    ids = np.array([[151644, 17, image, 198, 9, 100000, eos, pad, 5]])
+    small = v.to_compact(ids)
+    assert small[0, 2] == model.image_token_id and small[0, 6] == 1 and small[0, 7] == 0
+    assert small[0, -1] == v.unk_id and small.max() < model.decoder.vocab_size
+    assert len(set(small[0, :6].tolist())) == 6  # distinct ids stay distinct
+    np.testing.assert_array_equal(v.to_full(small)[0, :8], ids[0, :8])
+    assert v.to_full(np.array([v.unk_id]))[0] == -1
+    v.save(str(tmp_path / "vocab.json"))
+    w = CompactVocab.load(str(tmp_path / "vocab.json"))
+    np.testing.assert_array_equal(w.to_compact(ids), small)
+    out = RemapTokens(w).map({"input_ids": ids, "granularity": np.array([2])})
+    np.testing.assert_array_equal(out["input_ids"], small)
+
+
+def test_compact_vocab_too_small_is_a_clear_error():
+    model = rs.presets.get("tiny")
+    try:
+        CompactVocab.build(range(1000, 2000), model=model, pad_id=1, eos_id=2, image_id=3)
+    except ValueError as e:
+        assert "512 rows" in str(e) and "compact_vocab" in str(e)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_random_batches_follow_the_contract_and_split_by_process():
+    model = rs.presets.get("tiny")
+    full = RandomBatches(model, global_batch=4, text_len=16, process_index=0, process_count=1).batch(3)
+    halves = [RandomBatches(model, global_batch=4, text_len=16, process_index=i, process_count=2).batch(3)
+              for i in range(2)]
+    for k, v in full.items():
+        np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), v)
+    assert full["input_ids"].dtype == np.int32 and full["loss_mask"].dtype == np.float32
+    assert (full["input_ids"] == model.image_token_id).sum(1).tolist() == [1, 1, 1, 1]
+    assert np.all(full["loss_mask"][:, 0] == 0) and np.all(full["granularity"] == 0)  # batch 3 -> 3 % 3
+    it = iter(RandomBatches(model, global_batch=4, text_len=16, process_index=0, process_count=1))
+    next(it)
+    state = it.get_state()
+    a = next(it)
+    it.set_state(state)
+    np.testing.assert_array_equal(next(it)["input_ids"], a["input_ids"])
