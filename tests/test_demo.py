@@ -1,0 +1,241 @@
+"""The main job (`rsunivlm_jax.demo`) end to end, shortened: the "ci" variant of configs/demo.py
+(48 training scenes, 24 + 12 + 12 steps, 4 held-out records per task).
+
+One pipeline run is shared by the tests (module fixture); a second run in the same workdir must
+reuse everything. Expected values come from the evaluation harness's files, the records and the
+training logs, never from the report code itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsunivlm_jax import demo
+
+TASKS = ("cls", "vqa", "vg", "ref", "cap", "ccd", "seg", "cd")
+MODELS = ("gmoe", "dense")
+STAGES = ("stage1", "gmoe", "dense")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo_cli(workdir: Path) -> tuple[str, float, dict]:
+    """`python -m rsunivlm_jax.demo --variant ci` in a fresh process: (stdout, seconds, this run's actions)."""
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "rsunivlm_jax.demo", "--variant", "ci", "--workdir", str(workdir),
+                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - t
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = [json.loads(l) for l in (workdir / "demo_runs.jsonl").read_text().splitlines() if l.strip()]
+    return proc.stdout, seconds, runs[-1]["actions"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo") / "run"
+    stdout, seconds, actions = _demo_cli(workdir)
+    return {"cfg": demo.load_config("ci"), "workdir": workdir, "stdout": stdout, "seconds": seconds,
+            "actions": actions}
+
+
+def _json(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_every_artefact_is_written(run):
+    w, cfg = run["workdir"], run["cfg"]
+    for name in ("report.md", "metrics.json", "loss_curves.png", "gallery.png", "demo_config.json",
+                 "tokenizer/tokenizer.json", "data/train.jsonl", "data/test.jsonl"):
+        assert (w / name).is_file(), name
+    assert _steps(w / "stage1")[-1] == cfg.train.stage1_steps
+    assert _steps(w / "gmoe")[-1] == cfg.train.stage2_steps
+    assert _steps(w / "dense")[-1] == cfg.train.stage2_steps
+    for model in MODELS:
+        for task in TASKS:
+            d = w / "eval" / model / task
+            assert (d / "metrics.json").is_file() and (d / "predictions.jsonl").is_file(), d
+    with Image.open(w / "loss_curves.png") as img:
+        assert img.format == "PNG" and min(img.size) > 100
+    # The run directories are loadable checkpoints (tokenizer next to the Orbax steps).
+    for stage in STAGES:
+        assert (w / stage / "tokenizer.json").is_file()
+    assert run["actions"]["stage1"] == "trained"
+    assert f"Report: {w.resolve() / 'report.md'}" in run["stdout"]
+    assert "[demo 7/7]" in run["stdout"]
+
+
+def test_models_have_the_configured_experts(run):
+    w = run["workdir"]
+    for stage, experts in (("stage1", 1), ("gmoe", 3), ("dense", 1)):
+        cfg = _json(w / stage / "config.json")["model_config"]
+        assert cfg["gmoe"]["num_experts"] == experts
+        assert cfg["decoder"]["vocab_size"] >= cfg["tokenizer_vocab_size"] + 1
+        assert cfg["image_token_id"] == cfg["tokenizer_vocab_size"]
+    tok = _json(w / "tokenizer" / "tokenizer.json")
+    specials = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    assert specials == {"<|endoftext|>": 0, "<|im_end|>": 1, "<|im_start|>": 2}
+    assert len(tok["model"]["vocab"]) < 2000
+
+
+def test_report_numbers_come_from_the_evaluation_files(run):
+    w = run["workdir"]
+    payload = _json(w / "metrics.json")
+    report = (w / "report.md").read_text(encoding="utf-8")
+    for model in MODELS:
+        for task in TASKS:
+            source = w / "eval" / model / task / "metrics.json"
+            assert Path(payload["sources"][model][task]) == source
+            evaluated = _json(source)["results"][task]
+            mine = payload["models"][model][task]
+            assert mine["n"] == evaluated["n"] == run["cfg"].eval.per_task
+            for name, value in evaluated["metrics"].items():
+                assert mine["metrics"][name] == value, (model, task, name)
+    for task in TASKS:
+        baselines = _json(w / "eval" / "gmoe" / task / "metrics.json")["baselines"][task]
+        for name, b in baselines.items():
+            for metric, value in b["metrics"].items():
+                assert payload["baselines"][task][name][metric] == value
+        for metric, c in payload["comparison"][task].items():
+            g = payload["models"]["gmoe"][task]["metrics"][metric]
+            d = payload["models"]["dense"][task]["metrics"][metric]
+            assert (c["gmoe"], c["dense"]) == (g, d)
+            if g is not None and d is not None:
+                assert c["difference"] == pytest.approx(g - d)
+    # Headline rows of report.md quote the evaluation files (3 decimals).
+    for task, metric in (("cls", "accuracy"), ("vg", "acc@0.5"), ("seg", "miou"), ("cd", "f1")):
+        g = _json(w / "eval" / "gmoe" / task / "metrics.json")["results"][task]["metrics"][metric]
+        d = _json(w / "eval" / "dense" / task / "metrics.json")["results"][task]["metrics"][metric]
+        row = next(line for line in report.splitlines() if line.startswith(f"| {task} | {metric} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert [float(c) for c in cells[2:5]] == pytest.approx([g, d, g - d], abs=5e-4)
+
+
+def test_yes_no_accuracy_matches_the_predictions(run):
+    """acc/yes_no (presence + comparison questions) recomputed from the answers and the records."""
+    w = run["workdir"]
+    records = {json.loads(l)["id"]: json.loads(l) for l in (w / "data" / "test.jsonl").read_text().splitlines()}
+    payload = _json(w / "metrics.json")
+    for model in MODELS:
+        preds = [json.loads(l) for l in (w / "eval" / model / "vqa" / "predictions.jsonl").read_text().splitlines()]
+        hits = [p["answer"].strip().lower().rstrip(".") == records[p["id"]]["gt"]["answer"].lower()
+                for p in preds if records[p["id"]]["gt"]["question_type"] in ("presence", "comparison")]
+        got = payload["models"][model]["vqa"]["metrics"]["acc/yes_no"]
+        assert got == (pytest.approx(float(np.mean(hits))) if hits else None)
+
+
+def test_training_logs_feed_the_curves_and_summary(run):
+    w, cfg = run["workdir"], run["cfg"]
+    training = _json(w / "metrics.json")["meta"]["training"]
+    for stage, steps in (("stage1", cfg.train.stage1_steps), ("gmoe", cfg.train.stage2_steps),
+                         ("dense", cfg.train.stage2_steps)):
+        rows = [json.loads(l) for l in (w / stage / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in rows if r["split"] == "train"]
+        assert train[-1]["step"] == steps
+        assert training[stage]["final_train_loss"] == train[-1]["loss"]
+
+
+def test_gallery_has_one_panel_per_task(run):
+    w = run["workdir"]
+    layout = _json(w / "metrics.json")["gallery"]
+    assert [p["task"] for p in layout["panels"]] == list(TASKS)
+    cols, (cw, ch) = layout["columns"], layout["cell_size"]
+    pad, title = layout["padding"], layout["title_height"]
+    rows = -(-len(TASKS) // cols)
+    with Image.open(w / "gallery.png") as img:
+        arr = np.asarray(img.convert("RGB")).astype(int)
+    assert arr.shape[1] == cols * (cw + pad) + pad and arr.shape[0] == rows * (title + ch + pad) + pad
+    cells = []
+    for k in range(len(TASKS)):
+        r, c = divmod(k, cols)
+        x0, y0 = pad + c * (cw + pad), pad + r * (title + ch + pad)
+        strip = arr[y0:y0 + title, x0:x0 + cw]
+        cell = arr[y0 + title:y0 + title + ch, x0:x0 + cw]
+        assert (strip.sum(-1) < 200).any(), f"panel {k} has no title"
+        assert (cell.sum(-1) < 3 * 250).mean() > 0.2, f"panel {k} is (nearly) blank"
+        cells.append(cell)
+    for i in range(len(cells)):
+        for j in range(i + 1, len(cells)):
+            assert not np.array_equal(cells[i], cells[j])
+    # Each panel shows the record its prediction belongs to, with that prediction.
+    for p in layout["panels"]:
+        preds = [json.loads(l) for l in (w / "eval" / "gmoe" / p["task"] / "predictions.jsonl").read_text().splitlines()]
+        assert {"id": p["id"], "answer": p["answer"]} in [{"id": q["id"], "answer": q["answer"]} for q in preds]
+
+
+def test_rerun_resumes_instead_of_retraining(run):
+    w, cfg = run["workdir"], run["cfg"]
+    logs = {s: (w / s / "metrics.jsonl").read_bytes() for s in STAGES}
+    ckpts = {s: _steps(w / s) for s in STAGES}
+    evals = {(m, t): (w / "eval" / m / t / "metrics.json").read_bytes() for m in MODELS for t in TASKS}
+    before = _json(w / "metrics.json")
+    _, seconds, actions = _demo_cli(w)
+    for stage in ("data", "tokenizer", *STAGES, "eval"):
+        assert actions[stage] == "cached", (stage, actions)
+    assert {s: (w / s / "metrics.jsonl").read_bytes() for s in STAGES} == logs
+    assert {s: _steps(w / s) for s in STAGES} == ckpts
+    assert {(m, t): (w / "eval" / m / t / "metrics.json").read_bytes() for m in MODELS for t in TASKS} == evals
+    after = _json(w / "metrics.json")
+    assert after["models"] == before["models"] and after["comparison"] == before["comparison"]
+    assert seconds < run["seconds"] / 2
+
+    # A missing evaluation is redone alone; an interrupted stage resumes from its last checkpoint.
+    shutil.rmtree(w / "eval" / "dense" / "cls")
+    last = _steps(w / "dense")[-1]
+    shutil.rmtree(w / "dense" / "checkpoints" / str(last))
+    resumed_from = _steps(w / "dense")[-1]
+    assert resumed_from < last
+    _, _, actions = _demo_cli(w)
+    assert actions["stage1"] == actions["gmoe"] == "cached"
+    assert actions["dense"] == f"resumed from step {resumed_from}"
+    assert actions["eval"] == "evaluated 1 (model, task) pairs"
+    assert _steps(w / "dense")[-1] == cfg.train.stage2_steps
+    rows = [json.loads(l) for l in (w / "dense" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == cfg.train.stage2_steps
+
+
+def test_a_different_config_in_the_same_workdir_is_refused(run):
+    cfg = demo.load_config("ci", ["train.stage1_steps=25"])
+    with pytest.raises(SystemExit, match="different config"):
+        demo.Demo(cfg, run["workdir"], progress=False).check_config()
+
+
+def test_config_overrides():
+    cfg = demo.load_config("ci", ["train.stage1_steps=7", "train.lr=0.01", "eval.caption_mode=auto"])
+    assert (cfg.train.stage1_steps, cfg.train.lr, cfg.eval.caption_mode) == (7, 0.01, "auto")
+    with pytest.raises(ValueError, match="unknown config field"):
+        demo.load_config("ci", ["train.nope=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        demo.load_config("ci", ["train.lr"])
+    assert demo.load_config("quick").variant == "quick"
+
+
+def test_tokenizer_keeps_qwen2_pretokenisation(tmp_path):
+    """Digits split one by one, ChatML specials, exact round trip, and the constrained grammars build."""
+    import tokenizers
+
+    from rsunivlm_jax.data.tokenizer import Tokenizer, tokenizer_files_dir
+    texts = ["[12, 40, 100, 52] is the red building at the top left.", "others*3, water*5\nwater*8",
+             "Is there a ship?", "yes", "a harbor with two ships on the water."] * 20
+    demo.train_tokenizer(demo.corpus_texts([{"conversations": [{"value": t}]} for t in texts]), tmp_path,
+                         vocab_size=400)
+    tok = Tokenizer.from_dir(tmp_path, image_token_id=400)
+    assert (tok.pad_id, tok.eos_id, tok.im_start_id) == (0, 1, 2)
+    real = tokenizers.Tokenizer.from_file(str(tokenizer_files_dir() / "tokenizer.json"))
+    sample = "[REF] what is [13, 16, 28, 33]? others*12, road*4\n 1 building at 2024."
+    assert tok.tok.pre_tokenizer.pre_tokenize_str(sample) == real.pre_tokenizer.pre_tokenize_str(sample)
+    assert tok.decode(tok.encode(sample)) == sample
+    assert all(len(tok.encode(d)) == 1 for d in "0123456789")
+    demo.check_tokenizer(tok, ["water", "road"], grid_size=8)
