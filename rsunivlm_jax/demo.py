@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 DEFAULT_WORKDIR = os.path.join("runs", "demo")
 MODELS = ("gmoe", "dense")
 MODEL_TITLES = {"gmoe": "G-MoE", "dense": "Dense"}
+# Control: the G-MoE model on the held-out records with each record's image(s) taken from another
+# record of the same task (questions and ground truth unchanged). What it still gets right comes
+# from the text alone (question priors), so the gap to the real images is what the model reads
+# from the image.
+CONTROL = "gmoe_shuffled"
 TASK_ORDER = ("cls", "vqa", "vg", "ref", "cap", "ccd", "seg", "cd")
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|im_start|>")  # ids 0, 1, 2 = tiny preset pad / eos
@@ -57,6 +62,7 @@ RUNS_FILE = "demo_runs.jsonl"
 HEADLINE = {"cls": "accuracy", "vqa": "acc/yes_no", "vg": "acc@0.5", "ref": "CIDEr", "cap": "CIDEr",
             "ccd": "CIDEr", "seg": "miou", "cd": "f1"}
 YES_NO_TYPES = ("presence", "comparison")
+MASK_TASKS = ("seg", "cd")
 CLEAR_MARGIN = 0.10  # "clearly above" a baseline: at least this much higher (absolute)
 
 
@@ -212,7 +218,7 @@ def trainer_config(cfg, stage: str, paths: "Paths", tokenizer_vocab: int):
     c.data.max_seq_len = int(t.max_text_len) + 2 * model_config(cfg, tokenizer_vocab, 1).tokens_per_image
     c.data.max_images = 2
     c.data.truncation = "tail"  # the few mask conversations over max_text_len lose their last rows
-    c.data.grouping = "granularity"  # demo_inputs: every batch holds one task
+    c.data.grouping = "granularity"  # informational: demo_inputs builds the batches (one granularity each)
     c.data.seed = int(cfg.seed) if stage == "stage1" else int(cfg.seed) + 1  # gmoe and dense: same batches
     c.optim.lr = float(t.lr) if stage == "stage1" else float(t.stage2_lr)
     c.optim.warmup_steps = int(t.warmup_steps)
@@ -231,7 +237,7 @@ def trainer_config(cfg, stage: str, paths: "Paths", tokenizer_vocab: int):
         c.init.mode = "random"
     else:
         c.init.mode = "upcycle" if stage == "gmoe" else "params"
-        c.init.path = str(paths.run(("stage1")))
+        c.init.path = str(paths.run("stage1"))
     return c
 
 
@@ -273,12 +279,15 @@ class WeightLossMask:
         return batch
 
 
-def demo_inputs(config, model, cfg):
+def demo_inputs(config, model, cfg, stage: str = "stage1"):
     """Training inputs for one stage (handed to the trainer as `inputs=`; checkpointed as usual).
 
     Batches hold one granularity (the G-MoE routing unit) and mix that granularity's tasks with
-    `cfg.data.task_weights`; granularities are drawn in proportion to their tasks' summed weights.
-    Loss masks are weighted by `cfg.train.loss_weighting`. Stands in for
+    `cfg.data.task_weights` (stage 1) or `cfg.data.stage2_task_weights`; granularities are drawn in proportion to their tasks' summed weights.
+    Each granularity has its own static shape (mask batches: `train.max_text_len` text slots; the
+    others `train.short_text_len`; image slots for the granularity's largest image count), which
+    costs one compilation per shape and saves a quarter of the positions. Loss masks are weighted
+    by `cfg.train.loss_weighting`. Stands in for
     `rsunivlm_jax.train.data.build_inputs`, whose mixture follows the record counts.
     (Batches of a single task trained much worse: with per-batch Adam steps the tasks pulled the
     shared weights in turn and stage 1 stayed at the baselines.)
@@ -294,12 +303,11 @@ def demo_inputs(config, model, cfg):
     d, grid = config.data, int(cfg.data.grid_size)
     tok = Tokenizer.from_dir(d.tokenizer, image_token_id=model.image_token_id)
     weigh = WeightLossMask(str(cfg.train.loss_weighting))
-    weights = {t: float(cfg.data.task_weights.get(t, 0.0)) for t in TASK_ORDER}
+    table = cfg.data.task_weights if stage == "stage1" else cfg.data.stage2_task_weights
+    weights = {t: float(table.get(t, 0.0)) for t in TASK_ORDER}
     common = dict(tokenizer=tok, image_size=model.vision.image_size, image_token_id=model.image_token_id,
-                  tokens_per_image=model.tokens_per_image, max_text_len=int(d.max_text_len),
-                  max_seq_len=int(d.max_seq_len), max_images=int(d.max_images),
-                  batch_size=int(config.train.global_batch), grouping="mixed", lenient=True,
-                  truncation=d.truncation, num_workers=0)
+                  tokens_per_image=model.tokens_per_image, batch_size=int(config.train.global_batch),
+                  grouping="mixed", lenient=True, truncation=d.truncation, num_workers=0)
 
     def mixture(path, seed: int):
         source = load_source(path, grid_size=grid, max_images=int(d.max_images))
@@ -313,8 +321,13 @@ def demo_inputs(config, model, cfg):
             kept = [(src, weights[t]) for src, t in zip(sources, members) if len(src)]
             if not kept:
                 continue
+            # Static shape of this granularity's batches: masks need the long text slots, the
+            # others a short one; image slots for its largest image count.
+            text_len = int(d.max_text_len) if any(t in MASK_TASKS for t in members) else int(cfg.train.short_text_len)
+            slots = max(tasks.TASK_NUM_IMAGES[t] for t in members)
             parts.append(pipeline.make_dataset([src for src, _ in kept], weights=[w for _, w in kept],
-                                               seed=seed * 10 + g, **common))
+                                               seed=seed * 10 + g, max_text_len=text_len, max_images=slots,
+                                               max_seq_len=text_len + slots * model.tokens_per_image, **common))
             part_weights.append(sum(w for _, w in kept))
         if not parts:
             raise ValueError(f"{path}: no records of a task with a positive weight in {weights}")
@@ -456,7 +469,7 @@ class Demo:
         if done is not None:
             _say(f"  {stage}: resuming from step {done} of {steps}")
         t = time.perf_counter()
-        inputs = demo_inputs(c, trainer.model_config_from(c.model), self.cfg)
+        inputs = demo_inputs(c, trainer.model_config_from(c.model), self.cfg, stage)
         summary = trainer.train(c, str(run_dir), inputs=inputs)
         if summary.status != "completed" or summary.step < steps:
             raise RuntimeError(f"{stage}: training stopped at step {summary.step} ({summary.status}); re-run to resume")
@@ -475,30 +488,32 @@ class Demo:
         from rsunivlm_jax.eval.cli import evaluate
         from rsunivlm_jax.inference.predict_cli import load_model
         e, p = self.cfg.eval, self.paths
-        todo = [(m, t) for m in MODELS for t in TASK_ORDER if not (p.eval_dir(m, t) / "metrics.json").exists()]
+        runs = MODELS + ((CONTROL,) if bool(e.shuffled_control) else ())
+        todo = [(m, t) for m in runs for t in TASK_ORDER if not (p.eval_dir(m, t) / "metrics.json").exists()]
         if not todo:
             self.actions["eval"] = "cached"
-            _say(f"  eval: all {len(MODELS) * len(TASK_ORDER)} evaluations found under {p.eval}")
+            _say(f"  eval: all {len(runs) * len(TASK_ORDER)} evaluations found under {p.eval}")
             return
         t = time.perf_counter()
         source = load_source(p.eval_records, grid_size=int(self.cfg.data.grid_size), max_images=2)
-        for model_name in MODELS:
+        for model_name in runs:
             tasks_left = [t_ for m, t_ in todo if m == model_name]
             if not tasks_left:
                 continue
-            model = load_model(p.run(model_name))
+            model = load_model(p.run("gmoe" if model_name == CONTROL else model_name))
+            records = shuffled_images(source, int(e.per_task)) if model_name == CONTROL else source
             for task in tasks_left:
-                evaluate(model.graphdef, model.params, model.config, model.tokenizer, source, source.root, task,
+                evaluate(model.graphdef, model.params, model.config, model.tokenizer, records, source.root, task,
                          batch_size=int(e.batch_size), max_new_tokens=int(e.max_new_tokens) or None,
                          sampling_params=model.sampling, eos_ids=model.eos_ids,
                          constrained=bool(e.constrained), grid_size=int(self.cfg.data.grid_size),
                          limit=int(e.per_task), max_text_len=int(e.max_prompt_len),
                          caption_mode=str(e.caption_mode), out_dir=p.eval_dir(model_name, task),
                          num_examples=int(e.num_examples), progress=self.progress,
-                         title=f"{MODEL_TITLES[model_name]} model: {task}",
+                         title=f"{MODEL_TITLES.get(model_name, 'G-MoE (images shuffled)')} model: {task}",
                          meta={"model": model_name, "checkpoint": str(p.run(model_name))})
         self.actions["eval"] = f"evaluated {len(todo)} (model, task) pairs"
-        self._record_time("eval", time.perf_counter() - t + (self._previous_time("eval") if len(todo) < 16 else 0.0))
+        self._record_time("eval", time.perf_counter() - t + (self._previous_time("eval") if len(todo) < len(runs) * len(TASK_ORDER) else 0.0))
 
     # -- driver --
 
@@ -532,6 +547,21 @@ class Demo:
         _say(f"done in {wall:.0f} s. Report: {files['report_md']}")
         _say(f"  metrics: {files['metrics_json']}\n  loss curves: {files['curves_png']}\n  gallery: {files['gallery_png']}")
         return {"files": files, "actions": dict(self.actions), "wall_s": wall}
+
+
+def shuffled_images(source, per_task: int):
+    """`source` with the image(s) of each task's first `per_task` records rotated by one among
+    those records (record i gets record i+1's image; questions and ground truth unchanged)."""
+    from rsunivlm_jax.data.records import RecordSource
+    out, by_task = [], {}
+    for r in source.records:
+        by_task.setdefault(r["task"], []).append(r)
+    for recs in by_task.values():
+        recs = recs[:per_task]
+        for i, r in enumerate(recs):
+            other = recs[(i + 1) % len(recs)]  # validated records carry both the relative and resolved paths
+            out.append({**r, **{k: other[k] for k in ("image", "images", "image_bytes") if k in other}})
+    return RecordSource(f"{source.name}-shuffled-images", source.root, out, source.report)
 
 
 def _flat_diff(a, b, prefix: str = "") -> set[str]:
@@ -671,6 +701,8 @@ def write_report(paths: Paths, cfg) -> dict:
     from rsunivlm_jax.eval.render import plot_curves
 
     evals = {m: {t: load_evaluation(paths.eval_dir(m, t)) for t in TASK_ORDER} for m in MODELS}
+    control = {t: load_evaluation(paths.eval_dir(CONTROL, t)) for t in TASK_ORDER
+               if (paths.eval_dir(CONTROL, t) / "metrics.json").exists()} if bool(cfg.eval.shuffled_control) else {}
     comparison: dict[str, dict] = {}
     for task in TASK_ORDER:
         g, d = evals["gmoe"][task]["result"]["metrics"], evals["dense"][task]["result"]["metrics"]
@@ -702,6 +734,8 @@ def write_report(paths: Paths, cfg) -> dict:
         "baselines": {t: {name: b["metrics"] for name, b in evals["gmoe"][t]["baselines"].items()} for t in TASK_ORDER},
         "comparison": comparison,
         "learning_checks": checks,
+        "control_shuffled_images": {t: {"n": c["result"]["n"], "metrics": c["result"]["metrics"]}
+                                    for t, c in control.items()},
         "sources": {m: {t: evals[m][t]["path"] for t in TASK_ORDER} for m in MODELS},
         "gallery": gallery,
     }
@@ -763,12 +797,28 @@ def _markdown(payload: dict, evals: dict, cfg, paths: Paths) -> str:
     lines += ["", "## Gallery (G-MoE predictions on held-out images)", "", "![gallery](" + rel(paths.gallery_png) + ")",
               "", "Red: prediction; green: ground truth. Per-task example pictures for both models: "
               "`eval/<model>/<task>/examples.png`.", ""]
+    if payload["control_shuffled_images"]:
+        ctrl = payload["control_shuffled_images"]
+        lines += ["## Control: does the answer depend on the image?", "",
+                  "The G-MoE model again, with each held-out record's image(s) replaced by another record's "
+                  "(same task; question and ground truth unchanged). What survives the swap comes from the "
+                  "text alone (question and label priors); the drop is what the model reads from the image.", "",
+                  "| Task | Metric | G-MoE, real images | G-MoE, images shuffled | Drop |", "|---|---|---|---|---|"]
+        for task in TASK_ORDER:
+            if task not in ctrl:
+                continue
+            name = HEADLINE[task]
+            real, shuf = payload["models"]["gmoe"][task]["metrics"].get(name), ctrl[task]["metrics"].get(name)
+            drop = None if real is None or shuf is None else float(real) - float(shuf)
+            lines.append(f"| {task} | {name} | {_fmt(real)} | {_fmt(shuf)} | {_signed(drop)} |")
+        lines.append("")
     if meta["timings_s"]:
         parts = ", ".join(f"{k} {v:.0f} s" for k, v in meta["timings_s"].items())
         lines += ["## Wall time", "", f"{meta['wall_s_total']:.0f} s in total ({parts}); "
                   "re-running the command reuses every finished stage.", ""]
     lines += ["## Files", ""]
     lines += [f"- `{rel(p)}`" for m in MODELS for p in payload["sources"][m].values()]
+    lines += [f"- `{rel(paths.eval_dir(CONTROL, t) / 'metrics.json')}`" for t in payload["control_shuffled_images"]]
     lines += [f"- `{rel(paths.metrics_json)}` (all numbers above, with their source files)", ""]
     return "\n".join(lines)
 
@@ -799,6 +849,14 @@ def _side_by_side(images, gap: int = 4, background=(255, 255, 255)):
         out.paste(img, (x, 0))
         x += img.size[0] + gap
     return out
+
+
+def _framed(img, color=(255, 140, 0)):
+    """`img` with a 1-pixel frame (keeps a white change region apart from the white page)."""
+    from PIL import ImageDraw
+    img = img.copy()
+    ImageDraw.Draw(img).rectangle([0, 0, img.size[0] - 1, img.size[1] - 1], outline=color, width=1)
+    return img
 
 
 def _drawable(boxes_px):
@@ -837,8 +895,8 @@ def task_picture(task: str, record: Mapping, answer: str, root, grid_size: int):
             return _side_by_side([R.overlay_mask(_big(images[0], s), grid),
                                   R.overlay_mask(_big(images[0], s), truth, color=GT_COLOR)])
         q = s // 2
-        return _side_by_side([_big(images[0], q), _big(images[1], q), R.mask_image(grid, (q, q)),
-                              R.mask_image(truth, (q, q))], background=(150, 150, 150))
+        return _side_by_side([_big(images[0], q), _big(images[1], q), _framed(R.mask_image(grid, (q, q))),
+                              _framed(R.mask_image(truth, (q, q)))], background=(150, 150, 150))
     if len(images) == 2:
         return _side_by_side([_big(images[0], s - 16), _big(images[1], s - 16)])
     return _big(images[0], s)

@@ -122,6 +122,44 @@ def test_report_numbers_come_from_the_evaluation_files(run):
         assert [float(c) for c in cells[2:5]] == pytest.approx([g, d, g - d], abs=5e-4)
 
 
+def test_shuffled_image_control_is_evaluated_and_reported(run):
+    """The control (G-MoE on records whose images were swapped) is evaluated on the same records
+    with other images, and report.md / metrics.json quote its evaluation files."""
+    w = run["workdir"]
+    payload = _json(w / "metrics.json")
+    report = (w / "report.md").read_text(encoding="utf-8")
+    assert "## Control: does the answer depend on the image?" in report
+    for task in TASKS:
+        real = [json.loads(l) for l in (w / "eval" / "gmoe" / task / "predictions.jsonl").read_text().splitlines()]
+        ctrl_dir = w / "eval" / demo.CONTROL / task
+        ctrl = [json.loads(l) for l in (ctrl_dir / "predictions.jsonl").read_text().splitlines()]
+        assert [p["id"] for p in ctrl] == [p["id"] for p in real]          # same records, same questions
+        assert [p["prompt"] for p in ctrl] == [p["prompt"] for p in real]
+        evaluated = _json(ctrl_dir / "metrics.json")["results"][task]["metrics"]
+        mine = payload["control_shuffled_images"][task]["metrics"]
+        assert {k: mine[k] for k in evaluated} == evaluated                # (+ acc/yes_no for vqa)
+        metric = demo.HEADLINE[task]
+        row = next(line for line in report.splitlines()
+                   if line.startswith(f"| {task} | {metric} |") and line.count("|") == 6)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[3]) == pytest.approx(mine[metric], abs=5e-4)
+
+
+def test_shuffled_images_swaps_images_within_a_task(tmp_path):
+    from rsunivlm_jax.data.records import RecordSource
+    recs = [{"id": f"{t}{i}", "task": t, "image": f"images/{t}{i}.png", "images": [f"/r/images/{t}{i}.png"],
+             "gt": {"label": i}} for t in ("cls", "cd") for i in range(3)]
+    recs.append({"id": "cls3", "task": "cls", "image": "images/cls3.png", "images": ["/r/images/cls3.png"], "gt": {}})
+    out = demo.shuffled_images(RecordSource("s", "/r", recs), per_task=3)
+    assert [r["id"] for r in out] == ["cls0", "cls1", "cls2", "cd0", "cd1", "cd2"]  # first per_task of each task
+    for r in out:
+        orig = next(o for o in recs if o["id"] == r["id"])
+        assert r["task"] == orig["task"] and r["gt"] == orig["gt"]
+        assert r["image"] != orig["image"] and r["image"].split("/")[-1].startswith(orig["task"])
+        assert r["images"] == [f"/r/{r['image']}"]                           # both path fields move together
+    assert sorted(r["image"] for r in out) == sorted(o["image"] for o in recs if o["id"] != "cls3")
+
+
 def test_yes_no_accuracy_matches_the_predictions(run):
     """acc/yes_no (presence + comparison questions) recomputed from the answers and the records."""
     w = run["workdir"]
