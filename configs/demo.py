@@ -1,7 +1,7 @@
 """Settings of the main job (`python -m rsunivlm_jax.demo`, docs/demo.md), as ml-collections configs.
 
     from configs import demo
-    cfg = demo.get_config()          # "full": the README demo, sized for ~10 minutes on a 2-core CPU
+    cfg = demo.get_config()          # "full": the README demo, about 11 minutes on a 2-core CPU
     cfg = demo.get_config("quick")   # a few minutes: smaller data, fewer steps (--quick)
     cfg = demo.get_config("ci")      # the shortened pipeline of tests/test_demo.py (well under a minute of training)
 

@@ -534,7 +534,9 @@ class Demo:
         self.train_stage("gmoe")
         self._banner(5, f"dense baseline: stage 1 + {cfg.train.stage2_steps} more dense steps (same batches)")
         self.train_stage("dense")
-        self._banner(6, f"evaluation: 8 tasks x {len(MODELS)} models on held-out data ({cfg.eval.per_task} per task)")
+        control = " + the shuffled-image control" if bool(cfg.eval.shuffled_control) else ""
+        self._banner(6, f"evaluation: 8 tasks x {len(MODELS)} models{control} on held-out data "
+                        f"({cfg.eval.per_task} per task)")
         self.evaluate_models()
         self._banner(7, "report")
         t = time.perf_counter()
