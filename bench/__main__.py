@@ -1,16 +1,20 @@
 """Run the CPU benchmarks side by side with the PyTorch reference, then write docs/benchmarks.md.
 
-    .venv/bin/python -m bench                     # everything (about half an hour on this 2-core CPU)
+    .venv/bin/python -m bench                     # everything: ~25 min on this 2-core CPU with nothing else running
     .venv/bin/python -m bench --only vision prefill_1img
     .venv/bin/python -m bench --report-only       # re-render docs/benchmarks.md from bench/results/
 
 Each benchmark is a separate process (so peak memory and JIT caches do not mix) and writes
-`bench/results/<name>.json`; `bench.report` turns them into the results page.
+`bench/results/<name>.json`; `bench.report` turns them into the results page. The wall time and
+load average of each benchmark go to `bench/results/run_log.json`. Repetition counts are chosen
+so the whole run stays well under 45 minutes; the scripts take larger counts on their own.
+Profiles (`python -m bench.profile`) are not part of this run; see docs/profiling.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,17 +26,22 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 BENCHES = {
-    "vision": ["-m", "bench.vision"],
-    "prefill_1img": ["-m", "bench.forward", "--images", "1"],
-    "prefill_2img": ["-m", "bench.forward", "--images", "2"],
+    "vision": ["-m", "bench.vision", "--reps", "5"],
+    "prefill_1img": ["-m", "bench.forward", "--images", "1", "--reps", "5"],
+    "prefill_2img": ["-m", "bench.forward", "--images", "2", "--reps", "3"],
     "decode": ["-m", "bench.decode", "--reps", "2"],
-    "train_step": ["-m", "bench.train_step", "--out", str(RESULTS / "train_step_rsunivlm-1b.json")],
+    "train_compare": ["-m", "bench.train_compare", "--rounds", "1", "--steps", "2"],
+    "train_step": ["-m", "bench.train_step", "--steps", "2", "--out", str(RESULTS / "train_step_rsunivlm-1b.json")],
     "data_pipeline": ["bench/data_pipeline.py"],
     "convert": ["bench/convert_full.py", "--export", "--keep"],
 }
 
 
-def run(name: str) -> None:
+def _stamp() -> dict:
+    return {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_at_end": list(os.getloadavg())}
+
+
+def run(name: str) -> dict:
     cmd = [sys.executable] + BENCHES[name]
     if name == "convert":
         work = tempfile.mkdtemp(prefix="rsu_convert_")
@@ -45,11 +54,16 @@ def run(name: str) -> None:
         raise SystemExit(f"{name} failed with exit code {proc.returncode}")
     if name == "data_pipeline":
         rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
-        (RESULTS / "data_pipeline.json").write_text(json.dumps({"bench": "data_pipeline", "results": rows}, indent=2))
+        (RESULTS / "data_pipeline.json").write_text(json.dumps({"bench": "data_pipeline", "results": rows,
+                                                                **_stamp()}, indent=2))
     if name == "convert":
-        (RESULTS / "convert_full.json").write_text((Path(work) / "report.json").read_text())
+        report = json.loads((Path(work) / "report.json").read_text())
+        (RESULTS / "convert_full.json").write_text(json.dumps(dict(report, **_stamp()), indent=2))
         shutil.rmtree(work, ignore_errors=True)
-    print(f"== {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    wall = time.perf_counter() - t0
+    print(f"== {name} done in {wall:.0f}s", flush=True)
+    return {"bench": name, "wall_s": round(wall, 1), "load_average_at_end": list(os.getloadavg()),
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def main(argv=None) -> None:
@@ -59,8 +73,13 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
+        log_path = RESULTS / "run_log.json"
+        log = json.loads(log_path.read_text()) if log_path.exists() else {}
+        t0 = time.perf_counter()
         for name in args.only or BENCHES:
-            run(name)
+            log[name] = run(name)
+            log_path.write_text(json.dumps(log, indent=2))
+        print(f"== all done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     from bench import report
     print(f"wrote {report.write()}")
 

@@ -75,7 +75,11 @@ def _timed(fn) -> float:
 
 
 def write_result(name: str, result: dict, out_dir: str = "bench/results") -> str:
+    """Writes `<out_dir>/<name>.json`, stamped with the time and the load average (1, 5, 15 min):
+    timings taken while other jobs run are noisy, and the report says so."""
     os.makedirs(out_dir, exist_ok=True)
+    result.setdefault("measured_at", time.strftime("%Y-%m-%d %H:%M:%S"))
+    result.setdefault("load_average_at_end", list(os.getloadavg()))
     path = os.path.join(out_dir, f"{name}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)

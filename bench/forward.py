@@ -43,6 +43,18 @@ def torch_model(cfg):
     return transformers.LlavaOnevisionForConditionalGeneration(hf_cfg).eval()
 
 
+def prefill_flops(cfg, text_len: int, num_images: int) -> float:
+    """Forward model FLOPs with logits at every position (what both sides compute): vision tower,
+    connector and decoder as in `rsunivlm_jax.train.metrics.flops_per_example` (forward only),
+    plus the LM head over all L positions."""
+    from rsunivlm_jax.train.metrics import flops_per_example
+    frozen = {"vision": False, "connector": False, "decoder": False}
+    parts = flops_per_example(cfg, text_len, num_images, trained=frozen)
+    positions = text_len + num_images * (cfg.tokens_per_image - 1)
+    return parts["vision"] + parts["connector"] + parts["decoder"] + 2.0 * cfg.decoder.hidden_size * \
+        cfg.decoder.vocab_size * positions
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", default="rsunivlm-1b")
@@ -82,12 +94,11 @@ def main(argv=None):
     timing = time_alternating({"jax": run_jax, "torch": run_torch}, reps=args.reps)
     seq = len(ids) + args.images * (cfg.tokens_per_image - 1)
     result = {"bench": "forward", "preset": args.preset, "images": args.images, "text_tokens": args.text,
-              "sequence": seq, "timing": timing,
+              "sequence": seq, "flops": prefill_flops(cfg, len(ids), args.images), "timing": timing,
               "speedup_jax_over_torch": timing["torch"]["median_s"] / timing["jax"]["median_s"],
               "matmul": peak_matmul_flops(), "machine": machine_info()}
     write_result(args.name or f"forward_{args.preset}_{args.images}img", result)
 
 
 if __name__ == "__main__":
-    import os
     main()

@@ -188,6 +188,7 @@ def main(argv=None) -> dict:
         "fraction_of_peak_per_cpu_second": flops / cpu_step / peak["per_cpu_second"],
         "tokens_per_s": args.batch * args.seq_len / step_time,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_at_end": list(os.getloadavg()),
     }
     print(json.dumps(result, indent=1))
     if args.out:

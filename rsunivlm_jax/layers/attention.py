@@ -28,15 +28,22 @@ class KVCache(NamedTuple):
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
                           scale: float) -> jax.Array:
-    """q [B,T,H,K], k/v [B,S,G,K], mask [B,T,S] -> [B,T,H,K]; GQA by grouping query heads."""
+    """q [B,T,H,K], k/v [B,S,G,K], mask [B,T,S] -> [B,T,H,K]; GQA by grouping query heads.
+
+    The logits / probabilities `[B, G, T, R, S]` keep the order in which the QK^T dot produces
+    them (batch dims, then the query's free dims in their own order, then S). The order
+    `[B, G, R, T, S]` used before cost a full transpose of the layer's largest tensor in the
+    forward pass, in the remat recompute and in the backward pass (docs/profiling.md,
+    `python -m bench.attention_layout`). Same math; results agree to float32 rounding.
+    """
     b, t, h, kd = q.shape
     g = k.shape[2]
     q = q.reshape(b, t, g, h // g, kd)
-    logits = jnp.einsum("btgrk,bsgk->bgrts", q, k).astype(jnp.float32) * scale
+    logits = jnp.einsum("btgrk,bsgk->bgtrs", q, k).astype(jnp.float32) * scale
     if mask is not None:
-        logits = jnp.where(mask[:, None, None, :, :], logits, NEG_INF)
+        logits = jnp.where(mask[:, None, :, None, :], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bgrts,bsgk->btgrk", probs, v)
+    out = jnp.einsum("bgtrs,bsgk->btgrk", probs, v)
     return out.reshape(b, t, h, kd)
 
 

@@ -198,28 +198,32 @@ def make_train_step(graphdef, optimizer: Optimizer, *, num_experts: int, dispatc
 
         grads, stats = grads_and_stats(params, batch)
         grad_norm = optax.global_norm(grads)
-        updates, new_opt = tx.update(grads, opt_state, params)
-
-        if expert_update == "selected" and num_experts > 1 and not sliced:
-            def keep_mask(ax, ndim):
-                shape = [1] * ndim
-                shape[ax] = n_gran
-                return selected.reshape(shape)
-
-            updates = jax.tree.map(lambda u, ax: u if ax < 0 else jnp.where(keep_mask(ax, u.ndim), u, 0),
-                                   updates, axes)
-            new_opt = jax.tree.map(
-                lambda new, old, ax: new if ax < 0 else jnp.where(keep_mask(ax, new.ndim), new, old),
-                new_opt, opt_state, state_axes)
-
-        flat_p, flat_u = _flat(params), _flat(updates)
-        new_params = _unflat({k: (flat_p[k] + flat_u[k].astype(flat_p[k].dtype)) if trainable[k] else flat_p[k]
-                              for k in flat_p})
-
         finite = jnp.isfinite(stats.loss_sum) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_params = jax.tree.map(keep, new_params, params)
-        new_opt = jax.tree.map(keep, new_opt, opt_state)
+
+        def update(operands):
+            params, opt_state, grads = operands
+            updates, new_opt = tx.update(grads, opt_state, params)
+            if expert_update == "selected" and num_experts > 1 and not sliced:
+                def keep_mask(ax, ndim):
+                    shape = [1] * ndim
+                    shape[ax] = n_gran
+                    return selected.reshape(shape)
+
+                updates = jax.tree.map(lambda u, ax: u if ax < 0 else jnp.where(keep_mask(ax, u.ndim), u, 0),
+                                       updates, axes)
+                new_opt = jax.tree.map(
+                    lambda new, old, ax: new if ax < 0 else jnp.where(keep_mask(ax, new.ndim), new, old),
+                    new_opt, opt_state, state_axes)
+            flat_p, flat_u = _flat(params), _flat(updates)
+            new_params = _unflat({k: (flat_p[k] + flat_u[k].astype(flat_p[k].dtype)) if trainable[k] else flat_p[k]
+                                  for k in flat_p})
+            return new_params, new_opt
+
+        # NaN/Inf guard as a branch rather than `where(finite, new, old)` over every leaf: the
+        # update can then run in place on the donated buffers (no second copy of parameters and
+        # moments, no extra select pass over them; docs/profiling.md).
+        new_params, new_opt = jax.lax.cond(finite, update, lambda operands: operands[:2],
+                                           (params, opt_state, grads))
         if sliced:
             put = lambda full, part, ax: (part if ax < 0 else  # noqa: E731
                                           jax.lax.dynamic_update_slice_in_dim(full, part, g, axis=ax))
