@@ -81,7 +81,13 @@ def write_result(name: str, result: dict, out_dir: str = "bench/results") -> str
     result.setdefault("measured_at", time.strftime("%Y-%m-%d %H:%M:%S"))
     result.setdefault("load_average_at_end", list(os.getloadavg()))
     path = os.path.join(out_dir, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    save_result(result, path)
     return path
+
+
+def save_result(result: dict, path: str | None) -> None:
+    """Prints `result` as JSON and, when `path` is given, writes it there."""
+    print(json.dumps(result, indent=2))
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)

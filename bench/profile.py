@@ -382,19 +382,15 @@ def train(args) -> dict:
     import jax
     import jax.numpy as jnp
     import rsunivlm_jax as rs
-    from bench.train_step import leafwise_init
-    from rsunivlm_jax.train import data as data_lib, optim, step as step_lib
+    from bench.train_step import jitted_step, leafwise_init
+    from rsunivlm_jax.train import data as data_lib
 
     add_named_scopes()
     cfg = rs.presets.get(args.preset).replace(remat_policy=args.remat)
     text_len = args.seq_len - args.images * (cfg.tokens_per_image - 1)
     graphdef, params = leafwise_init(cfg)
-    spec = optim.OptimSpec(total_steps=1000, lr=1e-5, name=args.optimizer, weight_decay=0.0, clip=1.0)
-    opt = optim.make_optimizer(spec, params)
-    state = step_lib.init_state(params, opt)
+    fn, state = jitted_step(cfg, graphdef, params, args.optimizer)
     del params
-    fn = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=cfg.gmoe.num_experts,
-                                          dispatch=cfg.gmoe.dispatch, model_config=cfg), donate_argnums=(0,))
     src = data_lib.RandomBatches(cfg, global_batch=1, text_len=text_len, num_images=args.images,
                                  process_index=0, process_count=1)
     batch = {k: jnp.asarray(v) for k, v in src.batch(0).items()}

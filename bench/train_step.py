@@ -27,7 +27,6 @@ matrices and `bench.common.peak_matmul_flops` (XLA and torch GEMM), 2 N^3 FLOPs 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -63,6 +62,17 @@ def measure_matmul_peak(sizes=(2048, 4096), reps: int = 5) -> dict:
         per_cpu[n] = 2.0 * n ** 3 / best_cpu
     return {"per_size": {str(k): v for k, v in out.items()}, "peak_flops": max(out.values()),
             "per_cpu_second": max(per_cpu.values())}
+
+
+def jitted_step(cfg, graphdef, params, optimizer: str):
+    """(jitted train step with the state donated, initial state) for `params`; the benchmark's
+    optimiser settings (lr 1e-5, clip 1.0, no weight decay)."""
+    from rsunivlm_jax.train import optim, step as step_lib
+    spec = optim.OptimSpec(total_steps=1000, lr=1e-5, name=optimizer, weight_decay=0.0, clip=1.0)
+    opt = optim.make_optimizer(spec, params)
+    fn = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=cfg.gmoe.num_experts,
+                                          dispatch=cfg.gmoe.dispatch, model_config=cfg), donate_argnums=(0,))
+    return fn, step_lib.init_state(params, opt)
 
 
 def leafwise_init(cfg):
@@ -103,7 +113,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     import rsunivlm_jax as rs
-    from rsunivlm_jax.train import data as data_lib, metrics as metrics_lib, optim, step as step_lib
+    from rsunivlm_jax.train import data as data_lib, metrics as metrics_lib
 
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     peak = measure_matmul_peak()
@@ -128,12 +138,8 @@ def main(argv=None) -> dict:
         graphdef, params = leafwise_init(cfg)
     jax.block_until_ready(params)
     log(f"init ({args.init}) {rs.param_count(cfg) / 1e9:.3f} B params in {time.perf_counter() - t0:.1f} s")
-    spec = optim.OptimSpec(total_steps=1000, lr=1e-5, name=args.optimizer, weight_decay=0.0, clip=1.0)
-    opt = optim.make_optimizer(spec, params)
-    state = step_lib.init_state(params, opt)
+    fn, state = jitted_step(cfg, graphdef, params, args.optimizer)
     del params
-    fn = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=cfg.gmoe.num_experts,
-                                          dispatch=cfg.gmoe.dispatch, model_config=cfg), donate_argnums=(0,))
     src = data_lib.RandomBatches(cfg, global_batch=args.batch, text_len=text_len, num_images=args.num_images,
                                  process_index=0, process_count=1)
     batches = [{k: jnp.asarray(v) for k, v in src.batch(i).items()} for i in range(args.steps + 1)]
@@ -190,10 +196,8 @@ def main(argv=None) -> dict:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_at_end": list(os.getloadavg()),
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    from bench.common import save_result
+    save_result(result, args.out)
     return result
 
 

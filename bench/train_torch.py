@@ -28,7 +28,6 @@ times, CPU seconds, load averages, peak RSS and the float32 GEMM peak measured i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -153,10 +152,8 @@ def main(argv=None) -> dict:
         "matmul": {"before": peak, "after": after}, "torch_threads": torch.get_num_threads(),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "machine": machine_info(),
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    from bench.common import save_result
+    save_result(result, args.out)
     return result
 
 

@@ -283,7 +283,8 @@ def demo_inputs(config, model, cfg, stage: str = "stage1"):
     """Training inputs for one stage (handed to the trainer as `inputs=`; checkpointed as usual).
 
     Batches hold one granularity (the G-MoE routing unit) and mix that granularity's tasks with
-    `cfg.data.task_weights` (stage 1) or `cfg.data.stage2_task_weights`; granularities are drawn in proportion to their tasks' summed weights.
+    `cfg.data.task_weights` (stage 1) or `cfg.data.stage2_task_weights`; granularities are drawn
+    in proportion to their tasks' summed weights.
     Each granularity has its own static shape (mask batches: `train.max_text_len` text slots; the
     others `train.short_text_len`; image slots for the granularity's largest image count), which
     costs one compilation per shape and saves a quarter of the positions. Loss masks are weighted
@@ -496,11 +497,15 @@ class Demo:
             return
         t = time.perf_counter()
         source = load_source(p.eval_records, grid_size=int(self.cfg.data.grid_size), max_images=2)
+        loaded = {}  # checkpoint -> model (the control reuses the G-MoE model)
         for model_name in runs:
             tasks_left = [t_ for m, t_ in todo if m == model_name]
             if not tasks_left:
                 continue
-            model = load_model(p.run("gmoe" if model_name == CONTROL else model_name))
+            run = "gmoe" if model_name == CONTROL else model_name
+            if run not in loaded:
+                loaded[run] = load_model(p.run(run))
+            model = loaded[run]
             records = shuffled_images(source, int(e.per_task)) if model_name == CONTROL else source
             for task in tasks_left:
                 evaluate(model.graphdef, model.params, model.config, model.tokenizer, records, source.root, task,

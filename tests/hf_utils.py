@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # the [test] extra installs torch and transformers
+import transformers
 
 from rsunivlm_jax import checkpoint_io  # noqa: E402
 from rsunivlm_jax.config import DecoderConfig, VisionConfig  # noqa: E402

@@ -156,7 +156,7 @@ def test_eval_examples(src):
 
 
 def test_synthetic_dataset_through_pipeline(tmp_path):
-    synthetic = pytest.importorskip("rsunivlm_jax.data.synthetic")
+    from rsunivlm_jax.data import synthetic
     synthetic.write_dataset(str(tmp_path), 6, image_size=32, seed=0, progress=False)
     s = records.load_source(tmp_path, strict=True)
     assert records.count_by(s.records) == {t: 6 for t in ["cap", "ccd", "cd", "cls", "ref", "seg", "vg", "vqa"]}
@@ -165,7 +165,6 @@ def test_synthetic_dataset_through_pipeline(tmp_path):
 
 
 def test_cli_synth_convert_inspect(tmp_path, capsys):
-    pytest.importorskip("rsunivlm_jax.data.synthetic")
     out = tmp_path / "syn"
     assert cli.main(["synth", "--out", str(out), "--num", "2", "--image-size", "32"]) == 0
     (out / "images" / "train_000000.png").write_bytes(b"broken")

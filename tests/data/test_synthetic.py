@@ -327,7 +327,7 @@ def test_render_gallery_writes_png(tmp_path):
 
 
 def test_records_pass_the_pipeline_validator(dataset):
-    records = pytest.importorskip("rsunivlm_jax.data.records")
+    from rsunivlm_jax.data import records
     root, path, recs = dataset
     src = records.load_source(path, root, strict=True, grid_size=GRID)
     assert len(src.records) == len(recs)
@@ -335,7 +335,7 @@ def test_records_pass_the_pipeline_validator(dataset):
 
 
 def test_tfds_format_packs_every_split(tmp_path):
-    tfds_builder = pytest.importorskip("rsunivlm_jax.data.tfds_builder")
+    from rsunivlm_jax.data import tfds_builder
     root = str(tmp_path / "t")
     S.write_dataset(root, 2, image_size=32, grid_size=GRID, split="train", progress=False)
     out = S.write_dataset(root, 1, image_size=32, grid_size=GRID, split="test", fmt="tfds",
