@@ -92,6 +92,7 @@ def base_config() -> config_dict.ConfigDict:
     c.train.log_every = 10
     c.train.max_consecutive_nonfinite = 20      # stop (keeping the last good checkpoint) after this many
     c.train.progress = True
+    c.train.transfer_guard = "disallow"         # jax.transfer_guard around the step call: "allow" | "log" | "disallow"
 
     c.ckpt = config_dict.ConfigDict()
     c.ckpt.dir = ""                             # default <workdir>/checkpoints; may be gs://... (Orbax)

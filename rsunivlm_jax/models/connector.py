@@ -12,6 +12,7 @@ from flax import nnx
 from rsunivlm_jax.config import ModelConfig
 from rsunivlm_jax.layers.common import Linear, make_param, normal
 from rsunivlm_jax.layers.mlp import ACTIVATIONS
+from rsunivlm_jax.sharding import constrain
 
 
 class Connector(nnx.Module):
@@ -25,9 +26,11 @@ class Connector(nnx.Module):
         self.act = cfg.connector.hidden_act
 
     def __call__(self, features: jax.Array) -> jax.Array:
-        """features `[B, N, Dv]` -> `[B, N (+1), D]` with `image_newline` appended."""
+        """features `[B, N, Dv]` -> `[B, N (+1), D]` with `image_newline` appended, batch-sharded like
+        the decoder's activations (not width-sharded like `linear_2`'s output axis), so that splicing
+        the patches into the text rows needs no resharding."""
         x = self.linear_2(ACTIVATIONS[self.act](self.linear_1(features)))
-        if self.image_newline is None:
-            return x
-        newline = jnp.broadcast_to(self.image_newline[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        return jnp.concatenate([x, newline], axis=1)
+        if self.image_newline is not None:
+            newline = jnp.broadcast_to(self.image_newline[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+            x = jnp.concatenate([x, newline], axis=1)
+        return constrain(x, ("batch", "seq", "act_embed"))

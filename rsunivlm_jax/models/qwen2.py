@@ -58,8 +58,15 @@ class Decoder(nnx.Module):
         self.remat_policy, self.dtype = cfg.remat_policy, cfg.dtype
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
-        table = self.embed_tokens["embedding"][...]
-        return jnp.take(table, input_ids, axis=0).astype(dtype_of(self.dtype))
+        """`[B, T]` ids -> `[B, T, D]` embeddings, batch-sharded like the decoder's activations.
+
+        The table is gathered over its width first (as FSDP does for every kernel): a lookup from a
+        width-sharded table yields width-sharded rows, which cannot become batch-sharded without
+        the partitioner replicating the lookup (an "involuntary full rematerialization").
+        """
+        table = constrain(self.embed_tokens["embedding"][...], ("vocab", None))
+        x = jnp.take(table, input_ids, axis=0).astype(dtype_of(self.dtype))
+        return constrain(x, ("batch", "seq", "act_embed"))
 
     def __call__(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array, granularity: jax.Array,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0

@@ -8,12 +8,15 @@ Any config field can be overridden with `--config.<path>=<value>`; a config file
 colon (`--config configs/tiny_cpu.py:stage2`). Multi-host: pass `--multihost` on every process
 (TPU pods and SLURM are auto-detected by `jax.distributed.initialize()`), or give
 `--coordinator_address`, `--num_processes` and `--process_id` explicitly. Re-running the same
-command resumes from the latest checkpoint in `--workdir`.
+command resumes from the latest checkpoint in `--workdir`. In Python, `main([...])` takes the same
+arguments (without the program name) and returns the exit status.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from typing import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -52,9 +55,46 @@ def _run(argv) -> int:
     return 0
 
 
-def main(argv=None) -> None:
-    app.run(lambda a: sys.exit(_run(a)), argv=argv)
+@contextlib.contextmanager
+def _sys_argv(args: list[str]):
+    """ml-collections finds the `--config.*` overrides to define in `sys.argv`, not in the parsed list."""
+    saved, sys.argv = sys.argv, args
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _reset_flags() -> None:
+    """Forgets an earlier parse in this process: this module's flags go back to their defaults and
+    the `--config.*` override flags it defined are dropped (the new argv defines its own)."""
+    for name in list(flags.FLAGS):
+        if name.startswith(f"{_CONFIG.name}."):
+            delattr(flags.FLAGS, name)
+    for holder in (_CONFIG, _WORKDIR, _MULTIHOST, _COORD, _NPROC, _PID, _CPU_DEVICES):
+        flags.FLAGS[holder.name].unparse()
+
+
+def _parse_flags(args: list[str]) -> list[str]:
+    with _sys_argv(args):
+        return app.parse_flags_with_usage(args)
+
+
+def _exit_status(code) -> int:
+    return 0 if code is None else code if isinstance(code, int) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command; `argv` excludes the program name (default: `sys.argv[1:]`). Returns the exit
+    status (0 done, 1 usage error, 3 diverged)."""
+    args = list(sys.argv) if argv is None else ["rsunivlm-train", *argv]
+    _reset_flags()
+    try:
+        app.run(lambda a: sys.exit(_run(a)), argv=args, flags_parser=_parse_flags)
+    except SystemExit as e:  # app.run always ends in sys.exit
+        return _exit_status(e.code)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

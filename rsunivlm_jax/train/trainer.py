@@ -17,7 +17,10 @@ What happens:
    donate_argnums=0)`; the loop reads each step's metrics one step late so the host never stalls
    the device queue; logs every `train.log_every` steps (JSONL, TensorBoard, tqdm with ETA);
    evaluates the held-out loss every `eval.every` steps; checkpoints every `ckpt.every` steps, at
-   the end, and on SIGTERM (preemption), then exits cleanly.
+   the end, and on SIGTERM (preemption), then exits cleanly. The step call runs under
+   `jax.transfer_guard(train.transfer_guard)` ("disallow" by default): batches go in with
+   `jax.make_array_from_process_local_data` and metrics come out with `jax.device_get`, so an
+   implicit host<->device transfer slipped into the hot loop raises instead of stalling it.
 5. Non-finite loss or gradients: the step is skipped and counted; no periodic checkpoint is written
    while the latest step was skipped; after `train.max_consecutive_nonfinite` skips in a row the
    run stops with `TrainingDiverged`, without saving, so the last checkpoint stays the last good one.
@@ -186,6 +189,7 @@ class Trainer:
         self.batch_sh = {k: shd.data_sharding(self.mesh, self.rules, n) for k, n in BATCH_NDIMS.items()}
         self._inputs = inputs
         self.is_main = jax.process_index() == 0
+        self.transfer_guard = str(config.train.transfer_guard)
 
     # -- pieces --
 
@@ -366,7 +370,8 @@ class Trainer:
                         log.warning("training data exhausted at step %d", step_no - 1)
                         break
                     batch = data_lib.to_global(host_batch, self.batch_sh, self.global_batch)
-                    state, dev_metrics = train_fn(state, batch)
+                    with jax.transfer_guard(self.transfer_guard):  # explicit transfers only
+                        state, dev_metrics = train_fn(state, batch)
                     if pending is not None:
                         handle(*pending)
                     pending = (step_no, dev_metrics)

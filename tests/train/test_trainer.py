@@ -95,3 +95,23 @@ def test_flop_formula_matches_hand_count_for_rsunivlm_1b():
     assert metrics_lib.mfu(2e12, 2.0, 1e12, 1) == pytest.approx(1.0)
     assert metrics_lib.peak_flops_per_device("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
     assert metrics_lib.peak_flops_per_device("cpu") is None
+
+
+def _leaky_compile_steps(monkeypatch):
+    """Makes the step call take the batch as host arrays: an implicit host-to-device transfer."""
+    compile_steps = trainer_lib.Trainer.compile_steps
+
+    def leaky(self):
+        train_fn, eval_fn = compile_steps(self)
+        return (lambda state, batch: train_fn(state, {k: np.asarray(v) for k, v in batch.items()})), eval_fn
+    monkeypatch.setattr(trainer_lib.Trainer, "compile_steps", leaky)
+
+
+def test_implicit_transfer_in_the_step_call_is_disallowed(tmp_path, monkeypatch):
+    _leaky_compile_steps(monkeypatch)
+    config = _config(steps=1)
+    assert config.train.transfer_guard == "disallow"  # the default
+    with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
+        trainer_lib.train(config, str(tmp_path / "guarded"), inputs=_inputs(config))
+    config.train.transfer_guard = "allow"
+    assert trainer_lib.train(config, str(tmp_path / "allowed"), inputs=_inputs(config)).step == 1
