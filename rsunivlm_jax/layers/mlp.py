@@ -32,12 +32,14 @@ class GeluMLP(nnx.Module):
 
 
 class ExpertLinear(nnx.Module):
-    """E stacked bias-free kernels `[E, D, F]` (one `Qwen2MLP` projection per expert)."""
+    """E stacked bias-free kernels `[E, D, F]` (one `Qwen2MLP` projection per expert); `[E, F, D]`
+    when `kernel_transposed` (the decode loop's copy, see `Linear`)."""
 
     def __init__(self, num_experts: int, d_in: int, d_out: int, *, axes: tuple[str, str], rngs: nnx.Rngs,
                  stack: tuple[int, ...] = (), param_dtype: str = "float32"):
         self.kernel = make_param(rngs, normal(0.02), (num_experts, d_in, d_out), ("expert",) + tuple(axes),
                                  stack=stack, param_dtype=param_dtype)
+        self.kernel_transposed = False
 
 
 class GMoEMLP(nnx.Module):
@@ -63,13 +65,16 @@ class GMoEMLP(nnx.Module):
     def __call__(self, x: jax.Array, granularity: jax.Array) -> jax.Array:
         dtype = dtype_of(self.dtype)
         x = x.astype(dtype)
-        gate, up, down = (p.kernel[...].astype(dtype) for p in (self.gate_proj, self.up_proj, self.down_proj))
+        projs = (self.gate_proj, self.up_proj, self.down_proj)
+        gate, up, down = (p.kernel[...].astype(dtype) for p in projs)
+        # Kernel index letters: `io` = [in, out] as built, `oi` = transposed (decode loop copy).
+        io = ["oi" if p.kernel_transposed else "io" for p in projs]
         if self.num_experts == 1 or self.dispatch == "grouped":
             g = jnp.clip(granularity[0], 0, self.num_experts - 1) if self.num_experts > 1 else 0
             gate, up, down = (jax.lax.dynamic_index_in_dim(w, g, 0, keepdims=False) for w in (gate, up, down))
-            h = jax.nn.silu(jnp.einsum("btd,df->btf", x, gate)) * jnp.einsum("btd,df->btf", x, up)
-            return jnp.einsum("btf,fd->btd", h, down)
+            h = jax.nn.silu(jnp.einsum(f"bti,{io[0]}->bto", x, gate)) * jnp.einsum(f"bti,{io[1]}->bto", x, up)
+            return jnp.einsum(f"bti,{io[2]}->bto", h, down)
         onehot = jax.nn.one_hot(granularity, self.num_experts, dtype=dtype)  # [B, E]
-        h = jax.nn.silu(jnp.einsum("btd,edf->betf", x, gate)) * jnp.einsum("btd,edf->betf", x, up)
-        y = jnp.einsum("betf,efd->betd", h, down)
+        h = jax.nn.silu(jnp.einsum(f"bti,e{io[0]}->beto", x, gate)) * jnp.einsum(f"bti,e{io[1]}->beto", x, up)
+        y = jnp.einsum(f"beti,e{io[2]}->beto", h, down)
         return jnp.einsum("betd,be->btd", y, onehot)

@@ -132,8 +132,13 @@ def _tiny_batch(cfg, b=2, t=10, seed=0):
     return ids, mask, px
 
 
-def test_kv_cache_logits_equal_full_forward(tiny):
+@pytest.mark.parametrize("dispatch", ["grouped", "dense_mask"])
+def test_kv_cache_logits_equal_full_forward(tiny, dispatch):
+    """Decode steps (transposed kernel copies, unrolled layers) against one full forward pass."""
     cfg, graphdef, params = tiny
+    if dispatch != cfg.gmoe.dispatch:
+        cfg = cfg.replace(gmoe={"dispatch": dispatch})
+        graphdef, _ = rs.abstract_init(cfg)
     ids, mask, px = _tiny_batch(cfg)
     n = 8
     out = generate(graphdef, params, ids, mask, px, [1, 1], max_new_tokens=n, eos_ids=(), return_logits=True,
@@ -204,3 +209,27 @@ def test_sharded_batch_matches_single_device(tiny):
     sharded = generate(graphdef, replicated, ids, mask, px, [0, 0, 0], max_new_tokens=6, eos_ids=(), mesh=mesh)
     plain = generate(graphdef, params, ids, mask, px, [0, 0, 0], max_new_tokens=6, eos_ids=())
     assert sharded.tokens.shape == (3, 6) and (sharded.tokens == plain.tokens).all()
+
+
+def test_decode_layers_are_transposed_copies(tiny):
+    """The decode loop's layers hold every projection kernel as `[out, in]`; the model is untouched."""
+    from flax import nnx
+
+    from rsunivlm_jax.functional import merge
+    from rsunivlm_jax.inference.generate import _decode_layers
+    from rsunivlm_jax.layers.common import Linear
+    from rsunivlm_jax.layers.mlp import ExpertLinear
+
+    cfg, graphdef, params = tiny
+    model = merge(graphdef, params)
+    layer_graphdef, layers, g = _decode_layers(model, jnp.asarray([2, 2]))
+    assert len(layers) == cfg.decoder.num_hidden_layers and (np.asarray(g) == 0).all()
+    layer = nnx.merge(layer_graphdef, layers[0])
+    projections = [m for _, m in layer.iter_modules() if isinstance(m, (Linear, ExpertLinear))]
+    assert len(projections) == 7 and all(m.kernel_transposed for m in projections)
+    stacked = model.decoder.layers
+    assert not stacked.mlp.up_proj.kernel_transposed and not stacked.self_attn.q_proj.kernel_transposed
+    up = np.asarray(layer.mlp.up_proj.kernel[...])  # expert 2 of layer 0, [1, F, D]
+    np.testing.assert_array_equal(up[0], np.asarray(stacked.mlp.up_proj.kernel[...])[0, 2].T)
+    q = np.asarray(layer.self_attn.q_proj.kernel[...])
+    np.testing.assert_array_equal(q, np.asarray(stacked.self_attn.q_proj.kernel[...])[0].T)
