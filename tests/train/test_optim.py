@@ -70,3 +70,37 @@ def test_part_learning_rates_and_frozen_vision_without_state():
     assert typical_step("connector/") == pytest.approx(5e-4, rel=0.05)
     assert typical_step("decoder/layers/self_attn") == pytest.approx(1e-3, rel=0.05)
     assert float(metrics["learning_rate"]) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("grad_scale", [0.01, 10.0])  # below and above the clipping threshold
+def test_clip_and_adamw_match_torch(grad_scale):
+    """Three steps of our transformation (global-norm clip at 1.0, AdamW with decay on kernels only)
+    against torch `clip_grad_norm_` + `torch.optim.AdamW` (what the HF Trainer runs), float32.
+    eps 0.1: with a tiny eps Adam is invariant to the clipping scale and the clip would go untested."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    params = {"decoder": {"layers": {"mlp": {"up_proj": {"kernel": rng.normal(size=(6, 5)).astype(np.float32)}}},
+                          "norm": {"scale": rng.normal(size=(5,)).astype(np.float32)}}}
+    grads = [jax.tree.map(lambda p: (grad_scale * rng.normal(size=p.shape)).astype(np.float32), params)
+             for _ in range(3)]
+    lr, wd = 1e-2, 0.1
+    opt = H.optimizer(params, lr=lr, eps=0.1, weight_decay=wd, clip=1.0, total_steps=10**9, warmup_steps=0)
+    ours, state = params, opt.tx.init(params)
+    for g in grads:
+        updates, state = opt.tx.update(g, state, ours)
+        ours = jax.tree.map(lambda p, u: p + u, ours, updates)
+
+    kernel = torch.nn.Parameter(torch.from_numpy(params["decoder"]["layers"]["mlp"]["up_proj"]["kernel"].copy()))
+    scale = torch.nn.Parameter(torch.from_numpy(params["decoder"]["norm"]["scale"].copy()))
+    t_opt = torch.optim.AdamW([{"params": [kernel], "weight_decay": wd}, {"params": [scale], "weight_decay": 0.0}],
+                              lr=lr, betas=(0.9, 0.999), eps=0.1)
+    for g in grads:
+        kernel.grad = torch.from_numpy(g["decoder"]["layers"]["mlp"]["up_proj"]["kernel"].copy())
+        scale.grad = torch.from_numpy(g["decoder"]["norm"]["scale"].copy())
+        torch.nn.utils.clip_grad_norm_([kernel, scale], 1.0)
+        t_opt.step()
+    # (total_steps 1e9: the cosine multiplier is 1 to float32 precision, torch's lr is constant.)
+    np.testing.assert_allclose(np.asarray(ours["decoder"]["norm"]["scale"]), scale.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ours["decoder"]["layers"]["mlp"]["up_proj"]["kernel"]),
+                               kernel.detach().numpy(), atol=1e-6)
