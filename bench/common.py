@@ -40,24 +40,27 @@ def machine_info() -> dict:
     return info
 
 
-def peak_matmul_flops(n: int = 2048, reps: int = 5) -> dict:
-    """Measured float32 GEMM FLOP/s with XLA and with torch (the better is the machine's peak)."""
+def peak_matmul_flops(n: int = 2048, reps: int = 5, dtype: str = "float32") -> dict:
+    """Measured GEMM FLOP/s of an n x n product in `dtype` with XLA and with torch (the better is
+    the machine's peak). bfloat16: torch uses the CPU's AMX / AVX512-BF16 units, XLA:CPU (jax
+    0.10) upcasts the dot to float32."""
     import jax
     import jax.numpy as jnp
-    a = jnp.ones((n, n), jnp.float32)
+    a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     best_jax = min(_timed(lambda: f(a).block_until_ready()) for _ in range(reps))
     out = {"jax_flops": 2 * n ** 3 / best_jax}
     try:
         import torch
-        t = torch.ones(n, n)
+        t = torch.ones(n, n, dtype=getattr(torch, dtype))
         t @ t
         best_torch = min(_timed(lambda: t @ t) for _ in range(reps))
         out["torch_flops"] = 2 * n ** 3 / best_torch
     except ImportError:
         pass
     out["peak_flops"] = max(out.values())
+    out["dtype"] = dtype
     return out
 
 
@@ -66,6 +69,17 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 5) -> float:
     x = np.ones(nbytes // 4, np.float32)
     x.sum()
     return nbytes / min(_timed(lambda: x.sum()) for _ in range(reps))
+
+
+def dtype_suffix(dtype: str) -> str:
+    """Result-file suffix: "" for float32 (the historical names), "_bf16" for bfloat16."""
+    return "" if dtype == "float32" else "_bf16"
+
+
+def best_time(fn, reps: int) -> float:
+    """Shortest of `reps` timed calls of `fn`, after one untimed warm-up call."""
+    fn()
+    return min(_timed(fn) for _ in range(reps))
 
 
 def _timed(fn) -> float:

@@ -1,7 +1,7 @@
 """Decode throughput of rsunivlm-1b (random weights, float32, CPU): our jitted KV-cache loop vs
 transformers `generate` on a Qwen2 decoder of the same size, plus the memory-bandwidth bound.
 
-    .venv/bin/python -m bench.decode [--batches 1 8] [--new-tokens 64] [--reps 2]
+    .venv/bin/python -m bench.decode [--batches 1 8] [--new-tokens 64] [--reps 2] [--dtype float32|bfloat16]
 
 Decode tokens/s = batch * (new_tokens - 1) / (t(new_tokens) - t(1)): the difference removes the
 prefill and the first token, so only the per-token loop is measured (both frameworks the same way).
@@ -11,6 +11,7 @@ lm_head; one embedding row) plus the batch's KV cache; tokens/s <= batch * bandw
 step, with the read bandwidth measured here (best of numpy, XLA and torch sums over 1 GiB). At
 larger batches the compute roofline (2 FLOPs per active weight per token at the measured float32
 GEMM peak) is reported too. Timings on a shared machine vary; the load average is recorded.
+bfloat16: weights and compute in bfloat16 on both sides (2 bytes per weight in the bound).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rsunivlm_jax as rs
-from bench.common import machine_info, peak_matmul_flops, write_result
+from bench.common import best_time, dtype_suffix, machine_info, peak_matmul_flops, write_result
 from rsunivlm_jax.inference.generate import generate
 
 
@@ -33,13 +34,7 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 5) -> dict:
     x = np.ones(nbytes // 4, np.float32)
 
     def best(fn):
-        fn()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return nbytes / min(ts)
+        return nbytes / best_time(fn, reps)
 
     out = {"numpy": best(lambda: x.sum())}
     xj = jnp.asarray(x)
@@ -86,19 +81,21 @@ def main(argv=None):
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     args = p.parse_args(argv)
     load_start = os.getloadavg()  # other jobs on a shared machine skew timings; recorded with the result
-    cfg = rs.presets.get(args.preset)
+    cfg = rs.presets.get(args.preset).replace(param_dtype=args.dtype, dtype=args.dtype)
+    bytes_per = 4 if args.dtype == "float32" else 2
     d = cfg.decoder
     n = args.new_tokens
-    print(f"init {args.preset} (random, float32) ...", flush=True)
+    print(f"init {args.preset} (random, {args.dtype}) ...", flush=True)
     t0 = time.perf_counter()
     graphdef, params = rs.init(cfg, 0)
     jax.block_until_ready(params)
     print(f"  {time.perf_counter() - t0:.1f}s", flush=True)
     bw = read_bandwidth()
-    peak = peak_matmul_flops()
-    print(f"float32 GEMM peak: {peak['peak_flops'] / 1e9:.0f} GFLOP/s", flush=True)
+    peak = peak_matmul_flops(dtype=args.dtype)
+    print(f"{args.dtype} GEMM peak: {peak['peak_flops'] / 1e9:.0f} GFLOP/s", flush=True)
     print(f"read bandwidth: {bw['best'] / 1e9:.1f} GB/s ({ {k: round(v / 1e9, 1) for k, v in bw.items()} })",
           flush=True)
 
@@ -114,7 +111,7 @@ def main(argv=None):
             num_key_value_heads=d.num_key_value_heads, rms_norm_eps=d.rms_norm_eps, rope_theta=d.rope_theta,
             max_position_embeddings=d.max_position_embeddings, tie_word_embeddings=d.tie_word_embeddings,
             use_sliding_window=False, pad_token_id=0, eos_token_id=None, bos_token_id=None)
-        hf = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+        hf = transformers.Qwen2ForCausalLM(hf_cfg).eval().to(getattr(torch, args.dtype))
 
     rng = np.random.default_rng(0)
     results = []
@@ -153,11 +150,11 @@ def main(argv=None):
             torch_tps = b * (n - 1) / (statistics.median(truns[n]) - statistics.median(truns[1]))
             row["torch"] = {"runs_s": truns, "decode_tok_s": torch_tps}
             row["speedup_jax_over_torch"] = jax_tps / torch_tps
-        sb = step_bytes(cfg, b, args.prompt_len + n)
+        sb = step_bytes(cfg, b, args.prompt_len + n, bytes_per)
         row["bytes_per_step"] = sb
         row["bound_tok_s"] = b * bw["best"] / sb["total"]
-        # Compute roofline: 2 FLOPs per active weight per token at the measured float32 GEMM peak.
-        row["compute_bound_tok_s"] = peak["peak_flops"] / (2 * sb["weights"] / 4)
+        # Compute roofline: 2 FLOPs per active weight per token at the measured GEMM peak.
+        row["compute_bound_tok_s"] = peak["peak_flops"] / (2 * sb["weights"] / bytes_per)
         row["jax_fraction_of_bound"] = jax_tps / row["bound_tok_s"]
         if "torch" in row:
             row["torch_fraction_of_bound"] = row["torch"]["decode_tok_s"] / row["bound_tok_s"]
@@ -167,10 +164,10 @@ def main(argv=None):
               f"{row['compute_bound_tok_s']:.2f} tok/s", flush=True)
         results.append(row)
     load_end = os.getloadavg()
-    result = {"bench": "decode", "preset": args.preset, "dtype": "float32", "new_tokens": n, "matmul": peak,
+    result = {"bench": "decode", "preset": args.preset, "dtype": args.dtype, "new_tokens": n, "matmul": peak,
               "load_average_start_end": [load_start, load_end],
               "prompt_len": args.prompt_len, "bandwidth_bytes_s": bw, "results": results, "machine": machine_info()}
-    write_result(f"decode_{args.preset}", result)
+    write_result(f"decode_{args.preset}{dtype_suffix(args.dtype)}", result)
 
 
 if __name__ == "__main__":

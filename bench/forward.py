@@ -1,11 +1,13 @@
 """Prefill forward of the full-size model, float32 CPU, JAX vs transformers in one process.
 
     .venv/bin/python -m bench.forward [--preset rsunivlm-1b] [--text 50] [--images 1] [--reps 5]
+                                      [--dtype float32|bfloat16]
 
 JAX: our `forward` (G-MoE, grouped dispatch = one expert). transformers:
 `LlavaOnevisionForConditionalGeneration` with the same dimensions (dense MLP, i.e. the same
 FLOPs), eager attention, fed the RSUniVLM base-view layout (729 + 1 positions per image).
-Both compute logits at every position.
+Both compute logits at every position. bfloat16: parameters and compute in bfloat16 on both sides
+(transformers: `.to(torch.bfloat16)`), MFU against the bfloat16 GEMM peak of the same run.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rsunivlm_jax as rs
-from bench.common import machine_info, peak_matmul_flops, time_alternating, write_result
+from bench.common import dtype_suffix, machine_info, peak_matmul_flops, time_alternating, write_result
 
 
 def torch_model(cfg):
@@ -62,23 +64,24 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=1)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--name", default=None)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(os.cpu_count() or 2)
 
-    cfg = rs.presets.get(args.preset)
+    cfg = rs.presets.get(args.preset).replace(param_dtype=args.dtype, dtype=args.dtype)
     s = cfg.vision.image_size
     print(f"init JAX {args.preset} ...", flush=True)
     graphdef, params = rs.init(cfg, 0)
     print("init transformers ...", flush=True)
-    hf = torch_model(cfg)
+    hf = torch_model(cfg).to(getattr(torch, args.dtype))
     rng = np.random.default_rng(0)
     text = rng.integers(1000, 100000, args.text).tolist()
     ids = [cfg.image_token_id] * args.images + text
     pixels = rng.uniform(-1, 1, (args.images, s, s, 3)).astype(np.float32)
     j_ids, j_px, g = jnp.asarray([ids], jnp.int32), jnp.asarray(pixels)[None], jnp.zeros(1, jnp.int32)
     hf_ids = torch.tensor([[cfg.image_token_id] * (cfg.tokens_per_image * args.images) + text])
-    hf_px = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())[:, None]
+    hf_px = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())[:, None].to(getattr(torch, args.dtype))
     sizes = torch.tensor([[s, s]] * args.images)
 
     def run_jax():
@@ -93,11 +96,12 @@ def main(argv=None):
     print(f"logit shapes: jax {a.shape}, torch {tuple(b.shape)}")
     timing = time_alternating({"jax": run_jax, "torch": run_torch}, reps=args.reps)
     seq = len(ids) + args.images * (cfg.tokens_per_image - 1)
-    result = {"bench": "forward", "preset": args.preset, "images": args.images, "text_tokens": args.text,
+    result = {"bench": "forward", "preset": args.preset, "dtype": args.dtype, "images": args.images,
+              "text_tokens": args.text,
               "sequence": seq, "flops": prefill_flops(cfg, len(ids), args.images), "timing": timing,
               "speedup_jax_over_torch": timing["torch"]["median_s"] / timing["jax"]["median_s"],
-              "matmul": peak_matmul_flops(), "machine": machine_info()}
-    write_result(args.name or f"forward_{args.preset}_{args.images}img", result)
+              "matmul": peak_matmul_flops(dtype=args.dtype), "machine": machine_info()}
+    write_result(args.name or f"forward_{args.preset}_{args.images}img{dtype_suffix(args.dtype)}", result)
 
 
 if __name__ == "__main__":

@@ -397,6 +397,27 @@ def train(args) -> dict:
     return profile_call(fn, (state, batch), runs=args.runs, rebuild=lambda out, a: (out[0], a[1]))
 
 
+def decode(args) -> dict:
+    """One `generate` call (prefill of a short text prompt + `--new_tokens` decode steps), batch
+    `--batch`: the while loop's per-step ops are summed over the steps."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import rsunivlm_jax as rs
+    from rsunivlm_jax.inference import generate as gen
+
+    add_named_scopes()
+    cfg = rs.presets.get(args.preset)
+    graphdef, params = rs.init(cfg, 0)
+    ids = np.random.default_rng(0).integers(100, min(150_000, cfg.decoder.vocab_size - 2),
+                                            (args.batch, args.text)).astype(np.int32)
+    st = gen._Static(max_new_tokens=args.new_tokens, eos_ids=(), pad_id=0, sampling=gen.SamplingParams(),
+                     vocab_limit=None, return_logits=False)
+    fn = jax.jit(lambda p, i, m, g, k: gen._generate_jit(graphdef, st, p, i, m, None, g, k, None))
+    return profile_call(fn, (params, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)),
+                             jnp.zeros((args.batch,), jnp.int32), jax.random.key(0)), runs=args.runs)
+
+
 def build_train(args):
     """(jitted train step, abstract (state, batch)) for the preset: nothing is allocated."""
     import jax
@@ -435,13 +456,15 @@ def memory(args) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("prefill", "train", "memory", "summary"))
+    p.add_argument("what", choices=("prefill", "train", "decode", "memory", "summary"))
     p.add_argument("path", nargs="?", help="summary: a profile JSON written by this script")
     p.add_argument("--preset", default="rsunivlm-1b")
     p.add_argument("--images", type=int, default=1)
     p.add_argument("--text", type=int, default=50, help="prefill: text tokens")
     p.add_argument("--output", default="expanded", choices=("expanded", "text"),
                    help="prefill: logits at every position (as bench.forward) or only at text tokens")
+    p.add_argument("--batch", type=int, default=1, help="decode: rows")
+    p.add_argument("--new_tokens", type=int, default=64, help="decode: generated tokens per row")
     p.add_argument("--seq_len", type=int, default=1024, help="train: decoder positions")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     p.add_argument("--remat", default="dots", choices=("none", "full", "dots"))
@@ -463,7 +486,7 @@ def main(argv=None) -> dict:
     if args.what == "memory":
         return memory(args)
     t0 = time.perf_counter()
-    s = prefill(args) if args.what == "prefill" else train(args)
+    s = {"prefill": prefill, "train": train, "decode": decode}[args.what](args)
     text = s.pop("_hlo_text", "")
     if args.hlo:
         with (gzip.open(args.hlo, "wt") if args.hlo.endswith(".gz") else open(args.hlo, "w")) as f:

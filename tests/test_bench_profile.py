@@ -95,3 +95,25 @@ def test_concurrent_ops_share_their_overlap():
     out = dict(profile.attributed_durations([("a", 0.0, 2.0), ("b", 1.0, 2.0), ("c", 5.0, 1.0)]))
     assert out["a"] == pytest.approx(1.5) and out["b"] == pytest.approx(1.5) and out["c"] == pytest.approx(1.0)
     assert sum(out.values()) == pytest.approx(4.0)  # busy wall time: 0-3 s and 5-6 s
+
+
+def test_profile_tiny_decode_end_to_end(tmp_path):
+    """The decode profile counts the while loop's per-step GEMVs once per generated token."""
+    out = tmp_path / "d.json"
+    n = 6
+    proc = subprocess.run([sys.executable, "-m", "bench.profile", "decode", "--preset", "tiny", "--text", "8",
+                           "--new_tokens", str(n), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(out.read_text())
+    from rsunivlm_jax import presets
+    d = presets.get("tiny").decoder
+    # Each decode step multiplies one row by every attention / MLP kernel and the LM head; the
+    # prefill does the kernels for each of its 8 positions and the LM head once.
+    layers = 2 * d.num_hidden_layers * (d.hidden_size * (d.num_attention_heads + 2 * d.num_key_value_heads)
+                                        * d.head_dim + d.num_attention_heads * d.head_dim * d.hidden_size
+                                        + 3 * d.hidden_size * d.intermediate_size)
+    head = 2 * d.hidden_size * d.vocab_size
+    expected = n * (layers + head) + 8 * layers + head  # attention scores come on top (small)
+    assert expected <= s["matmul_gflop_total"] * 1e9 <= 1.5 * expected
+    assert s["settings"]["new_tokens"] == n and s["wall_s"] > 0

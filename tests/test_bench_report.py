@@ -71,3 +71,20 @@ def test_report_skips_missing_results(tmp_path):
     text = report.render(tmp_path)
     assert text.startswith("# Benchmarks")
     assert "| Benchmark |" not in text
+
+
+def test_report_bf16_rows_and_unreachable_decode_goal(tmp_path):
+    _results(tmp_path)
+    mm = {"peak_flops": 2000e9, "jax_flops": 250e9, "torch_flops": 2000e9}
+    _write(tmp_path, "vision_b1_bf16", {"timing": {"jax": {"median_s": 4.0}, "torch": {"median_s": 2.0}},
+                                        "mfu_jax": 0.1, "mfu_torch": 0.2, "matmul": mm})
+    _write(tmp_path, "decode_rsunivlm-1b", {"new_tokens": 64, "bandwidth_bytes_s": {"best": 9e9}, "results": [
+        {"batch": 1, "bound_tok_s": 10.0, "jax": {"decode_tok_s": 8.5}, "torch": {"decode_tok_s": 8.0},
+         "speedup_jax_over_torch": 8.5 / 8.0, "jax_fraction_of_bound": 0.85, "torch_fraction_of_bound": 0.8}]})
+    text = report.render(tmp_path)
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert any("vision tower" in line and "bfloat16" in line and "0.50x" in line and "| - |" in line for line in table)
+    assert "250 GFLOP/s with XLA and 2000 GFLOP/s with torch" in text
+    assert "| decode batch 1 >= 1.4x | 1.06x (1.4x torch = 112% of the bound: unreachable) | **no** |" in text
+    assert "| decode batch 1 >= 80% of the bandwidth bound | 85% | yes |" in text
+    assert "| vision tower, bfloat16 | `bench/results/vision_b1_bf16.json` |" in text

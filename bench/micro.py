@@ -1,0 +1,134 @@
+"""Micro-benchmarks behind the changes in docs/profiling.md (CPU, one process, best of N).
+
+    .venv/bin/python -m bench.micro gemv        # decode-step GEMVs: kernel layout [in, out] vs [out, in], vs torch
+    .venv/bin/python -m bench.micro optimizer   # clip + AdamW: optax's clip vs ours (scalar multiply)
+    .venv/bin/python -m bench.micro gemm        # float32 and bfloat16 GEMM rates, XLA vs torch
+
+Each prints one JSON line per measurement and writes `bench/results/micro_<what>.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.common import best_time, machine_info, write_result
+
+
+def gemv(args) -> list[dict]:
+    """Qwen2-0.5B decode MLPs (24 layers x gate/up/down, 896 x 4864) for `steps` one-row steps in
+    a `fori_loop`, as a decode step streams them: GB/s of weights read, per kernel layout; torch
+    `F.linear` (weights `[out, in]`) on the same loop."""
+    import torch
+    d, f, layers, steps = 896, 4864, 24, args.steps
+    rng = np.random.default_rng(0)
+    out_in = [tuple((rng.random(s, np.float32) * 0.01) for s in ((f, d), (f, d), (d, f))) for _ in range(layers)]
+    nbytes = 3 * d * f * 4 * layers * steps
+    layouts = {"[in, out] (as trained)": ("bi,io->bo", [tuple(jnp.asarray(w.T.copy()) for w in l) for l in out_in]),
+               "[out, in] (decode copy)": ("bi,oi->bo", [tuple(jnp.asarray(w) for w in l) for l in out_in])}
+    # gate and up stacked into one [2F, D] kernel: one GEMV instead of two
+    layouts["[out, in], gate+up stacked"] = ("bi,oi->bo", [(jnp.asarray(np.concatenate([g, u])), None, jnp.asarray(dn))
+                                                           for g, u, dn in out_in])
+    rows = []
+    for name, (spec, ws) in layouts.items():
+        def run(ws, x, spec=spec):
+            def body(_, x):
+                for g, u, dn in ws:
+                    if u is None:
+                        gu = jnp.einsum(spec, x, g)
+                        h = jax.nn.silu(gu[:, :f]) * gu[:, f:]
+                    else:
+                        h = jax.nn.silu(jnp.einsum(spec, x, g)) * jnp.einsum(spec, x, u)
+                    x = x + jnp.einsum(spec, h, dn)
+                return x * 0.5
+            return jax.lax.fori_loop(0, steps, body, x)
+        fn = jax.jit(run)
+        x = jnp.ones((1, d), jnp.float32)
+        t = best_time(lambda: fn(ws, x).block_until_ready(), args.reps)
+        rows.append({"impl": f"jax, kernel {name}", "gb_s": nbytes / t / 1e9, "ms_per_step": t / steps * 1e3})
+    torch.set_num_threads(2)
+    tw = [tuple(torch.from_numpy(w.copy()) for w in l) for l in out_in]
+    lin = torch.nn.functional.linear
+
+    def run_torch():
+        x = torch.ones(1, d)
+        with torch.inference_mode():
+            for _ in range(steps):
+                for g, u, dn in tw:
+                    x = x + lin(torch.nn.functional.silu(lin(x, g)) * lin(x, u), dn)
+                x = x * 0.5
+        return x
+    t = best_time(run_torch, args.reps)
+    rows.append({"impl": "torch F.linear, weight [out, in]", "gb_s": nbytes / t / 1e9, "ms_per_step": t / steps * 1e3})
+    return rows
+
+
+def optimizer(args) -> list[dict]:
+    """One clip + AdamW update over the largest kernels of rsunivlm-1b (0.71 B float32 parameters),
+    parameters and moments donated: optax's `clip_by_global_norm` vs ours (`train.optim`)."""
+    import optax
+    from rsunivlm_jax.train import optim
+    shapes = [(24, 896, 4864)] * 3 + [(151936, 896), (26, 1152, 4304), (26, 4304, 1152)]
+    params = {f"p{i}": jnp.full(s, 0.01, jnp.float32) for i, s in enumerate(shapes)}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+    n = sum(int(np.prod(s)) for s in shapes)
+    rows = []
+    for name, clip in (("optax.clip_by_global_norm", optax.clip_by_global_norm(1.0)),
+                       ("rsunivlm_jax.train.optim.clip_by_global_norm", optim.clip_by_global_norm(1.0))):
+        tx = optax.chain(clip, optax.adamw(1e-4, weight_decay=0.01))
+
+        def step(p, s, g, tx=tx):
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+        fn = jax.jit(step, donate_argnums=(0, 1))
+        p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+        p, s = fn(p, s, grads)  # compile
+        ts = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            p, s = fn(p, s, grads)
+            jax.block_until_ready(p)
+            ts.append(time.perf_counter() - t0)
+        # Minimum traffic: read grad, param, mu, nu; write param, mu, nu (float32).
+        rows.append({"impl": name, "params": n, "best_s": min(ts), "median_s": float(np.median(ts)),
+                     "gb_s_at_7_passes": 7 * 4 * n / min(ts) / 1e9})
+        del p, s
+    return rows
+
+
+def gemm(args) -> list[dict]:
+    """n x n GEMMs in float32 and bfloat16, XLA vs torch (GFLOP/s)."""
+    import torch
+    rows = []
+    for n in (2048, 4096):
+        for dt in ("float32", "bfloat16"):
+            a = jnp.ones((n, n), dt)
+            fn = jax.jit(lambda a: a @ a)
+            tj = best_time(lambda: fn(a).block_until_ready(), args.reps)
+            ta_ = torch.ones(n, n, dtype=getattr(torch, dt))
+            tt = best_time(lambda: ta_ @ ta_, args.reps)
+            rows.append({"n": n, "dtype": dt, "xla_gflops": 2 * n ** 3 / tj / 1e9,
+                         "torch_gflops": 2 * n ** 3 / tt / 1e9})
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("gemv", "optimizer", "gemm"))
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=16, help="gemv: decode steps per timed call")
+    args = p.parse_args(argv)
+    rows = {"gemv": gemv, "optimizer": optimizer, "gemm": gemm}[args.what](args)
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    result = {"bench": f"micro_{args.what}", "rows": rows, "machine": machine_info()}
+    write_result(f"micro_{args.what}", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
