@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +187,11 @@ def _load_of(r: dict) -> str:
     return "not recorded"
 
 
+def _floor_pct(x: float) -> str:
+    """A fraction as a percentage rounded down to 0.1 (79.97% reads 79.9%, not a met-looking 80%)."""
+    return f"{math.floor(x * 1000) / 10:.1f}%"
+
+
 def _goals(lines, load):
     """Each goal of the benchmark issue, met or not, from the current results."""
     rows = []
@@ -206,7 +212,7 @@ def _goals(lines, load):
                 note = f" (1.4x torch = {need:.0%} of the bound: unreachable)" if need > 1.0 else ""
                 rows.append(("decode batch 1 >= 1.4x", f"{row['speedup_jax_over_torch']:.2f}x{note}",
                              row["speedup_jax_over_torch"] >= 1.4))
-                rows.append(("decode batch 1 >= 80% of the bandwidth bound", f"{row['jax_fraction_of_bound']:.0%}",
+                rows.append(("decode batch 1 >= 80% of the bandwidth bound", _floor_pct(row["jax_fraction_of_bound"]),
                              row["jax_fraction_of_bound"] >= 0.8))
     r = load("train_compare_llava-onevision-0.5b")
     if r:

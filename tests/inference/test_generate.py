@@ -225,7 +225,7 @@ def test_decode_layers_are_transposed_copies(tiny):
     layer_graphdef, layers, g = _decode_layers(model, jnp.asarray([2, 2]))
     assert len(layers) == cfg.decoder.num_hidden_layers and (np.asarray(g) == 0).all()
     layer = nnx.merge(layer_graphdef, layers[0])
-    projections = [m for _, m in layer.iter_modules() if isinstance(m, (Linear, ExpertLinear))]
+    projections = [m for _, m in nnx.iter_modules(layer) if isinstance(m, (Linear, ExpertLinear))]
     assert len(projections) == 7 and all(m.kernel_transposed for m in projections)
     stacked = model.decoder.layers
     assert not stacked.mlp.up_proj.kernel_transposed and not stacked.self_attn.q_proj.kernel_transposed
