@@ -99,8 +99,8 @@ def _decode_layers(model, granularity: jax.Array):
 
 def _transpose_kernels(graphdef, state):
     """The layers with every projection kernel stored `[out, in]` (`kernel_transposed`): XLA:CPU
-    reads that layout ~1.3x faster in the one-row GEMVs of a decode step (bench/gemv notes in
-    docs/profiling.md). The copy is made once per call, fused with the per-layer split."""
+    reads that layout ~1.3x faster in the one-row GEMVs of a decode step (`python -m bench.micro
+    gemv`, docs/profiling.md). The copy is made once per call, fused with the per-layer split."""
     layers = nnx.merge(graphdef, state)  # fresh module objects: the caller's model is untouched
     for _, m in nnx.iter_modules(layers):
         if isinstance(m, (Linear, ExpertLinear)) and not m.kernel_transposed:

@@ -1,6 +1,7 @@
 """Feed-forward blocks: SigLIP GELU MLP and the G-MoE stack of SwiGLU experts.
 
-Glossary: B batch, T sequence, D width, F hidden, E experts.
+Glossary: B batch, T sequence, D width, F hidden, E experts; in the G-MoE einsums i / o are a
+kernel's input / output axis (D or F), whichever order the kernel is stored in.
 """
 from __future__ import annotations
 
