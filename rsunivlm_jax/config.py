@@ -90,12 +90,18 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; norms, softmax and logits stay float32
     remat_policy: str = "none"
+    # Decoder self-attention in this many causal query blocks, each over the keys up to its end
+    # (the masked upper triangle is skipped; same values). The decoder mask must be lower-triangular,
+    # as transformers' Qwen2 always makes it; 1 computes the full square and honours any mask.
+    attention_causal_blocks: int = 2
 
     def __post_init__(self):
         if self.gmoe.dispatch not in DISPATCH_MODES:
             raise ValueError(f"gmoe.dispatch={self.gmoe.dispatch!r}; expected one of {DISPATCH_MODES}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+        if self.attention_causal_blocks < 1:
+            raise ValueError(f"attention_causal_blocks={self.attention_causal_blocks}; expected >= 1")
         if self.vision.num_layers_used > self.vision.num_hidden_layers:
             raise ValueError("vision.num_layers_used exceeds vision.num_hidden_layers")
         if self.decoder.hidden_size % self.decoder.num_attention_heads:

@@ -162,3 +162,32 @@ def test_param_tree_names_mirror_hf(tiny):
     assert params["decoder"]["layers"]["mlp"]["gate_proj"]["kernel"].shape == (2, 3, 64, 128)
     assert params["vision"]["layers"]["self_attn"]["out_proj"]["kernel"].shape == (2, 64, 64)
     assert params["connector"]["image_newline"].shape == (64,)
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_causal_blocks_match_full_attention_values_and_grads(blocks):
+    """Query blocks over keys up to each block's end == the full square, with left padding (rows
+    that see no key at all) and a KV-cache-style tail of masked keys (S > T)."""
+    from rsunivlm_jax.layers import attention as A
+    rng = np.random.default_rng(0)
+    b, t, s, h, g, k = 2, 11, 14, 4, 2, 8
+    q = jnp.asarray(rng.normal(size=(b, t, h, k)), jnp.float32)
+    kk, v = (jnp.asarray(rng.normal(size=(b, s, g, k)), jnp.float32) for _ in range(2))
+    real = np.ones((b, s), bool)
+    real[1, :3] = False  # row 1: three left-padding positions
+    real[:, t:] = False  # cache tail
+    mask = jnp.asarray(np.tril(np.ones((t, s), bool))[None] & real[:, None, :])
+    do = jnp.asarray(rng.normal(size=(b, t, h, k)), jnp.float32)
+
+    def loss(q, kk, v, n):
+        return jnp.sum(A.dot_product_attention(q, kk, v, mask, k ** -0.5, causal_blocks=n) * do)
+
+    with jax.default_matmul_precision("highest"):
+        full = A.dot_product_attention(q, kk, v, mask, k ** -0.5)
+        got = A.dot_product_attention(q, kk, v, mask, k ** -0.5, causal_blocks=blocks)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(full), atol=1e-6, rtol=0)
+        grads = [jax.grad(loss, argnums=(0, 1, 2))(q, kk, v, n) for n in (1, blocks)]
+        for a, c in zip(*grads):
+            np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=1e-6, rtol=0)
+    # The padding rows (no key) really are the mean of all S values, as in the full square.
+    np.testing.assert_allclose(np.asarray(got)[1, 0], np.asarray(v)[1].mean(0).repeat(h // g, 0), atol=1e-6)

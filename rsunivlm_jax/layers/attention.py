@@ -27,8 +27,12 @@ class KVCache(NamedTuple):
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-                          scale: float) -> jax.Array:
+                          scale: float, *, causal_blocks: int = 1) -> jax.Array:
     """q [B,T,H,K], k/v [B,S,G,K], mask [B,T,S] -> [B,T,H,K]; GQA by grouping query heads.
+
+    `causal_blocks > 1` promises a lower-triangular mask (query t never attends key s > t, as in
+    the decoder) and splits the queries into that many blocks, each attending only the keys up to
+    its last query: the masked upper triangle is never computed (`_causal_blocks`).
 
     The logits / probabilities `[B, G, T, R, S]` keep the order in which the QK^T dot produces
     them (batch dims, then the query's free dims in their own order, then S). The order
@@ -39,12 +43,39 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     b, t, h, kd = q.shape
     g = k.shape[2]
     q = q.reshape(b, t, g, h // g, kd)
+    if causal_blocks > 1 and mask is not None and t >= 2 * causal_blocks:
+        out = _causal_blocks(q, k, v, mask, scale, causal_blocks)
+    else:
+        out = _attend(q, k, v, mask, scale)
+    return out.reshape(b, t, h, kd)
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
+    """q [B,T,G,R,K], k/v [B,S,G,K], mask [B,T,S] -> [B,T,G,R,K]."""
     logits = jnp.einsum("btgrk,bsgk->bgtrs", q, k).astype(jnp.float32) * scale
     if mask is not None:
         logits = jnp.where(mask[:, None, :, None, :], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bgtrs,bsgk->btgrk", probs, v)
-    return out.reshape(b, t, h, kd)
+    return jnp.einsum("bgtrs,bsgk->btgrk", probs, v)
+
+
+def _causal_blocks(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+                   blocks: int) -> jax.Array:
+    """`_attend` for a lower-triangular mask, query block by query block over keys [0, end of block).
+
+    Same values: the skipped keys are masked for every query of the block, so they add exactly 0
+    to its softmax. The one exception is a query with no key at all (left padding), which `_attend`
+    gives the mean of all S values (a softmax of equal logits); it gets that here too, explicitly.
+    Two blocks of a 1,024-position decoder layer: forward + backward 30% faster (docs/profiling.md).
+    """
+    t = q.shape[1]
+    ends = [t * (i + 1) // blocks for i in range(blocks)]
+    outs = [_attend(q[:, lo:hi], k[:, :hi], v[:, :hi], mask[:, lo:hi, :hi], scale)
+            for lo, hi in zip([0] + ends[:-1], ends)]
+    out = jnp.concatenate(outs, axis=1)
+    no_key = ~jnp.any(mask, axis=-1)  # [B, T]
+    mean_v = jnp.mean(v, axis=1).astype(out.dtype)  # [B, G, K]
+    return jnp.where(no_key[:, :, None, None, None], mean_v[:, None, :, None, :], out)
 
 
 class Attention(nnx.Module):
@@ -68,8 +99,9 @@ class Attention(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array, mask: jax.Array | None, *, rope: tuple[jax.Array, jax.Array] | None = None,
-                 cache: KVCache | None = None, cache_index: jax.Array | int = 0
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0, causal_blocks: int = 1
                  ) -> tuple[jax.Array, KVCache | None]:
+        """`causal_blocks`: see `dot_product_attention` (the mask must then be lower-triangular)."""
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -83,7 +115,7 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (zero, idx, zero, zero))
             cache = KVCache(k_all, v_all)
             k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
-        out = dot_product_attention(q, k, v, mask, self.head_dim ** -0.5)
+        out = dot_product_attention(q, k, v, mask, self.head_dim ** -0.5, causal_blocks=causal_blocks)
         out = out.reshape(b, t, self.num_heads * self.head_dim)
         return getattr(self, self.o_name)(out), cache
 

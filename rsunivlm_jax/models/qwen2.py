@@ -37,9 +37,11 @@ class DecoderLayer(nnx.Module):
         self.mlp = GMoEMLP(d.hidden_size, d.intermediate_size, cfg.gmoe.num_experts, dispatch=cfg.gmoe.dispatch,
                            dtype=cfg.dtype, **kw)
         self.dtype = cfg.dtype
+        self.causal_blocks = cfg.attention_causal_blocks
 
     def __call__(self, x, mask, rope, granularity, cache=None, cache_index=0):
-        h, cache = self.self_attn(self.input_layernorm(x), mask, rope=rope, cache=cache, cache_index=cache_index)
+        h, cache = self.self_attn(self.input_layernorm(x), mask, rope=rope, cache=cache, cache_index=cache_index,
+                                  causal_blocks=self.causal_blocks)
         x = x + h.astype(x.dtype)
         x = x + self.mlp(self.post_attention_layernorm(x), granularity).astype(x.dtype)
         return constrain(x, ("batch", "seq", "act_embed")), cache
@@ -71,7 +73,10 @@ class Decoder(nnx.Module):
     def __call__(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array, granularity: jax.Array,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0
                  ) -> tuple[jax.Array, KVCache | None]:
-        """embeds `[B, T, D]`, positions `[B, T]`, mask bool `[B, T, S]` -> normed hidden `[B, T, D]`."""
+        """embeds `[B, T, D]`, positions `[B, T]`, mask bool `[B, T, S]` -> normed hidden `[B, T, D]`.
+
+        The mask must be lower-triangular (query t never sees key s > t; `attention.causal_mask`)
+        unless `config.attention_causal_blocks == 1`."""
         rope = rope_cos_sin(positions, self.head_dim, self.rope_theta)
         x = constrain(embeds.astype(dtype_of(self.dtype)), ("batch", "seq", "act_embed"))
 
