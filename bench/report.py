@@ -70,8 +70,8 @@ def _decode(rows, load, sfx=""):
             goal = "-" if sfx else (">= 1.4x and >= 80% of bound" if row["batch"] == 1 else "(batch 1 goal only)")
             rows.append(f"| decode rsunivlm-1b, batch {row['batch']}, {r['new_tokens']} new tokens, {DTYPES[sfx]} | "
                         f"{row['jax']['decode_tok_s']:.2f} tok/s | {row['torch']['decode_tok_s']:.2f} tok/s | "
-                        f"{row['speedup_jax_over_torch']:.2f}x | {row['jax_fraction_of_bound']:.0%} (torch "
-                        f"{row.get('torch_fraction_of_bound', float('nan')):.0%}) of the "
+                        f"{row['speedup_jax_over_torch']:.2f}x | {_floor_pct(row['jax_fraction_of_bound'])} (torch "
+                        f"{_floor_pct(row.get('torch_fraction_of_bound', float('nan')))}) of the "
                         f"{row['bound_tok_s']:.1f} tok/s bandwidth bound ({r['bandwidth_bytes_s']['best'] / 1e9:.1f}"
                         f" GB/s read) | {goal} |")
 
@@ -189,7 +189,7 @@ def _load_of(r: dict) -> str:
 
 def _floor_pct(x: float) -> str:
     """A fraction as a percentage rounded down to 0.1 (79.97% reads 79.9%, not a met-looking 80%)."""
-    return f"{math.floor(x * 1000) / 10:.1f}%"
+    return f"{math.floor(x * 1000) / 10:.1f}%" if math.isfinite(x) else "n/a"
 
 
 def _goals(lines, load):

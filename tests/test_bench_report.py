@@ -47,7 +47,7 @@ def test_report_renders_every_row(tmp_path):
     assert any("prefill rsunivlm-1b, 1 image +" in line and "1.50x" in line and "MFU 50% (torch 33%)" in line
                for line in table)
     assert any("2 images" in line and "1510 positions" in line for line in table)
-    assert any("decode rsunivlm-1b, batch 1" in line and "80% (torch 40%)" in line for line in table)
+    assert any("decode rsunivlm-1b, batch 1" in line and "80.0% (torch 40.0%)" in line for line in table)
     assert any("decode rsunivlm-1b, batch 8" in line for line in table)
     assert any("training step llava-onevision-0.5b, AdamW" in line and "remat full" in line and "1.33x" in line
                and "MFU 50% (torch 38%)" in line for line in table)
