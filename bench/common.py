@@ -8,8 +8,6 @@ import statistics
 import time
 from typing import Callable
 
-import numpy as np
-
 
 def time_alternating(fns: dict[str, Callable[[], object]], *, reps: int = 5, warmup: int = 1) -> dict[str, dict]:
     """Runs each fn `warmup` times, then `reps` rounds alternating between them; returns medians."""
@@ -62,13 +60,6 @@ def peak_matmul_flops(n: int = 2048, reps: int = 5, dtype: str = "float32") -> d
     out["peak_flops"] = max(out.values())
     out["dtype"] = dtype
     return out
-
-
-def read_bandwidth(nbytes: int = 1 << 30, reps: int = 5) -> float:
-    """Measured memory read bandwidth (bytes/s): a sum over a 1 GiB float32 array."""
-    x = np.ones(nbytes // 4, np.float32)
-    x.sum()
-    return nbytes / min(_timed(lambda: x.sum()) for _ in range(reps))
 
 
 def dtype_suffix(dtype: str) -> str:

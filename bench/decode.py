@@ -5,6 +5,8 @@ transformers `generate` on a Qwen2 decoder of the same size, plus the memory-ban
 
 Decode tokens/s = batch * (new_tokens - 1) / (t(new_tokens) - t(1)): the difference removes the
 prefill and the first token, so only the per-token loop is measured (both frameworks the same way).
+The four calls (JAX and transformers, 1 and new_tokens tokens) are timed in alternating rounds
+after a warm-up call each (`bench.common.time_alternating`); medians.
 Both get the same random text prompt (no image; image positions only lengthen the KV cache).
 The bound: a decode step reads every active weight once (attention, one G-MoE expert, norms,
 lm_head; one embedding row) plus the batch's KV cache; tokens/s <= batch * bandwidth / bytes per
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import jax
@@ -25,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import rsunivlm_jax as rs
-from bench.common import best_time, dtype_suffix, machine_info, peak_matmul_flops, write_result
+from bench.common import (best_time, dtype_suffix, machine_info, peak_matmul_flops, time_alternating,
+                          write_result)
 from rsunivlm_jax.inference.generate import generate
 
 
@@ -62,15 +64,6 @@ def step_bytes(cfg, batch: int, cache_len: int, bytes_per: int = 4) -> dict:
     kv_cache = 2 * d.num_hidden_layers * cache_len * kv * hd
     return {"weights": weights * bytes_per, "kv_cache_per_row": kv_cache * bytes_per,
             "total": (weights + batch * kv_cache) * bytes_per}
-
-
-def timed(fn, reps: int) -> list[float]:
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return ts
 
 
 def main(argv=None):
@@ -123,17 +116,7 @@ def main(argv=None):
             return generate(graphdef, params, ids, None, None, gran, max_new_tokens=k, eos_ids=(),
                             length_bucket=None, config=cfg)
 
-        runs = {}
-        for k in (1, n):  # compile both lengths first
-            t0 = time.perf_counter()
-            out = run_jax(k)
-            print(f"  jax b={b} max_new={k}: first call {time.perf_counter() - t0:.1f}s", flush=True)
-            assert out.lengths.min() == k
-        for k in (1, n):
-            runs[k] = timed(lambda: run_jax(k), args.reps)
-            print(f"  jax b={b} max_new={k}: {[round(t, 2) for t in runs[k]]}", flush=True)
-        jax_tps = b * (n - 1) / (statistics.median(runs[n]) - statistics.median(runs[1]))
-        row = {"batch": b, "jax": {"runs_s": runs, "decode_tok_s": jax_tps}}
+        fns = {f"jax_{k}": (lambda k=k: run_jax(k)) for k in (1, n)}
         if hf is not None:
             import torch
             tids = torch.from_numpy(ids).long()
@@ -143,13 +126,18 @@ def main(argv=None):
                     return hf.generate(input_ids=tids, attention_mask=torch.ones_like(tids), max_new_tokens=k,
                                        min_new_tokens=k, do_sample=False, pad_token_id=0, use_cache=True)
 
-            run_torch(2)
-            truns = {k: timed(lambda: run_torch(k), args.reps) for k in (1, n)}
-            for k in (1, n):
-                print(f"  torch b={b} max_new={k}: {[round(t, 2) for t in truns[k]]}", flush=True)
-            torch_tps = b * (n - 1) / (statistics.median(truns[n]) - statistics.median(truns[1]))
-            row["torch"] = {"runs_s": truns, "decode_tok_s": torch_tps}
-            row["speedup_jax_over_torch"] = jax_tps / torch_tps
+            fns.update({f"torch_{k}": (lambda k=k: run_torch(k)) for k in (1, n)})
+        assert run_jax(n).lengths.min() == n
+        # Warm-up (JAX: compilation) excluded, then rounds alternating all four calls; medians.
+        timing = time_alternating(fns, reps=args.reps)
+        row = {"batch": b}
+        for side in ("jax", "torch") if hf is not None else ("jax",):
+            t1, tn = timing[f"{side}_1"], timing[f"{side}_{n}"]
+            row[side] = {"runs_s": {1: t1["runs_s"], n: tn["runs_s"]},
+                         "decode_tok_s": b * (n - 1) / (tn["median_s"] - t1["median_s"])}
+        if hf is not None:
+            row["speedup_jax_over_torch"] = row["jax"]["decode_tok_s"] / row["torch"]["decode_tok_s"]
+        jax_tps = row["jax"]["decode_tok_s"]
         sb = step_bytes(cfg, b, args.prompt_len + n, bytes_per)
         row["bytes_per_step"] = sb
         row["bound_tok_s"] = b * bw["best"] / sb["total"]

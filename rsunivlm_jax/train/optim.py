@@ -188,12 +188,14 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> optax.GradientTra
     `g / norm * max_norm`: XLA fuses the multiply into each AdamW consumer, while optax's version
     wrote the clipped gradients to a fresh buffer, a whole extra pass (docs/profiling.md)."""
 
-    def update(grads, state, params=None):
-        del params
-        scale = jnp.minimum(1.0, max_norm / (optax.global_norm(grads) + eps))
+    def update(grads, state, params=None, *, global_norm=None, **extra_args):
+        """`global_norm`: the gradients' norm when the caller already has it (`train.step` does)."""
+        del params, extra_args
+        norm = optax.global_norm(grads) if global_norm is None else global_norm
+        scale = jnp.minimum(1.0, max_norm / (norm + eps))
         return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
 def _part_tx(spec: OptimSpec, part: str, schedule, wd_mask_fn) -> optax.GradientTransformation:

@@ -202,7 +202,8 @@ def make_train_step(graphdef, optimizer: Optimizer, *, num_experts: int, dispatc
 
         def update(operands):
             params, opt_state, grads = operands
-            updates, new_opt = tx.update(grads, opt_state, params)
+            # The norm computed above (for the NaN guard and the metrics) is reused by the clipping.
+            updates, new_opt = tx.update(grads, opt_state, params, global_norm=grad_norm)
             if expert_update == "selected" and num_experts > 1 and not sliced:
                 def keep_mask(ax, ndim):
                     shape = [1] * ndim
