@@ -3,7 +3,7 @@
 Writes a random RSUniVLM-layout checkpoint (SPEC 9.1 key names, bfloat16 like the release,
 1.657 B parameters, V = 151936, untied lm_head, 3 experts) in a few safetensors shards with an
 index, plus config.json, generation_config.json and the real Qwen2 tokenizer files. Then runs
-`python -m tools.convert_torch` in a child process for each requested --dtype and reports wall
+`python -m rsunivlm_jax.convert` in a child process for each requested --dtype and reports wall
 time and the child's peak RSS (`os.wait4`), then restores the result with `load_pretrained`
 (also in a child) and checks a few tensors against the source.
 
@@ -43,8 +43,8 @@ def write_source(src: Path, shard_gb: float, seed: int = 0) -> dict:
     """Random bf16 tensors for every key of the RSUniVLM layout, one shard in memory at a time."""
     import ml_dtypes
     import rsunivlm_jax as rs
-    from tools.convert_torch import io
-    from tools.convert_torch.export import torch_tensors
+    from rsunivlm_jax.convert import io
+    from rsunivlm_jax.convert.export import torch_tensors
 
     cfg = rs.presets.get("rsunivlm-1b")
     _, abstract = rs.abstract_init(cfg)
@@ -96,7 +96,7 @@ CHECK = r"""
 import sys, time, json, numpy as np
 t0 = time.time()
 from rsunivlm_jax.checkpoint_io import load_pretrained
-from tools.convert_torch.io import TensorReader
+from rsunivlm_jax.convert.io import TensorReader
 pre = load_pretrained(sys.argv[1])
 load_s = time.time() - t0
 reader = TensorReader.open(sys.argv[2])
@@ -131,7 +131,7 @@ def main() -> None:
     py = sys.executable
     for dtype in args.dtype:
         dst = work / f"ours_{dtype}"
-        r = run_child([py, "-m", "tools.convert_torch", "--src", str(work / "src"), "--dst", str(dst),
+        r = run_child([py, "-m", "rsunivlm_jax.convert", "--src", str(work / "src"), "--dst", str(dst),
                        "--dtype", dtype, "--quiet"])
         r["out_bytes"] = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()) if dst.exists() else 0
         check = subprocess.run([py, "-c", CHECK, str(dst), str(work / "src")], cwd=ROOT, capture_output=True,
@@ -141,7 +141,7 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     if args.export:
         dtype = args.dtype[0]
-        r = run_child([py, "-m", "tools.convert_torch", "--to-torch", "--src", str(work / f"ours_{dtype}"),
+        r = run_child([py, "-m", "rsunivlm_jax.convert", "--to-torch", "--src", str(work / f"ours_{dtype}"),
                        "--dst", str(work / "torch_again"), "--dtype", "bfloat16", "--quiet"])
         report["export_bfloat16"] = r
         print(json.dumps(r), flush=True)

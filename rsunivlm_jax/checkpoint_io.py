@@ -1,6 +1,6 @@
 """Converted checkpoints on disk: `<dir>/params` (Orbax) + `<dir>/meta.json` + tokenizer files.
 
-Written by `tools.convert_torch` (`rsunivlm-convert`); read here. `load_pretrained` restores the
+Written by `rsunivlm_jax.convert` (`rsunivlm-convert`); read here. `load_pretrained` restores the
 parameters straight into the shardings of a mesh (no full host copy per device), or onto one
 device when no mesh is given. A checkpoint converted from a bare Qwen2 or SigLIP model holds only
 those parts (`parts` in meta.json); `assemble` builds a full parameter tree from such parts plus a

@@ -1,7 +1,7 @@
 """Model hyper-parameters as frozen dataclasses (hashable, usable as static jit args).
 
 Field names follow the Hugging Face config names where one exists (`hidden_size`,
-`num_attention_heads`, ...), so `tools/convert_torch` maps `config.json` onto them directly.
+`num_attention_heads`, ...), so `rsunivlm_jax/convert` maps `config.json` onto them directly.
 Experiment settings (optimiser, data, mesh) live in ml-collections configs under `configs/`.
 """
 from __future__ import annotations

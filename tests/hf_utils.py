@@ -2,7 +2,7 @@
 
 The parity tests (tests/test_model_parity.py) and the converter tests (tests/convert/) build
 tiny random models with transformers, save them with safetensors in one exact key layout
-(SPEC 9.1 / 9.2), convert them with `tools.convert_torch` and load them with
+(SPEC 9.1 / 9.2), convert them with `rsunivlm_jax.convert` and load them with
 `rsunivlm_jax.checkpoint_io.load_pretrained`.
 """
 from __future__ import annotations
@@ -253,7 +253,7 @@ def hf_config_dict(model) -> dict:
 # ---- converting -----------------------------------------------------------------------------
 
 def convert(src, dst, **kwargs) -> "checkpoint_io.Pretrained":
-    """Converts with tools.convert_torch and loads the result."""
-    from tools.convert_torch.convert import convert as run
+    """Converts with rsunivlm_jax.convert and loads the result."""
+    from rsunivlm_jax.convert.convert import convert as run
     run(src, dst, **kwargs)
     return checkpoint_io.load_pretrained(dst)

@@ -1,7 +1,7 @@
 """Float32 parity against transformers (CPU, eager attention, highest matmul precision).
 
 Weights reach our model only through the converter: each reference is saved in a PyTorch key
-layout, converted with `tools.convert_torch` and loaded with `checkpoint_io.load_pretrained`.
+layout, converted with `rsunivlm_jax.convert` and loaded with `checkpoint_io.load_pretrained`.
 """
 import jax
 import jax.numpy as jnp

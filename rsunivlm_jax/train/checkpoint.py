@@ -238,7 +238,7 @@ def load_params(path: str, abstract_params: Any, *, step: int | None = None) -> 
 
     * a training workdir or its `checkpoints/` directory (latest step, or `step`), or
     * a converted checkpoint directory holding `params/` (Orbax StandardCheckpointer) and an
-      optional `meta.json` (the `tools/convert_torch` layout, DESIGN 9.1).
+      optional `meta.json` (the `rsunivlm_jax/convert` layout, DESIGN 9.1).
 
     Returns (params, meta dict).
     """

@@ -10,8 +10,8 @@ from tests import hf_utils as H
 
 torch = H.torch
 from rsunivlm_jax import checkpoint_io  # noqa: E402
-from tools.convert_torch import ConversionError  # noqa: E402
-from tools.convert_torch.convert import convert  # noqa: E402
+from rsunivlm_jax.convert import ConversionError  # noqa: E402
+from rsunivlm_jax.convert.convert import convert  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

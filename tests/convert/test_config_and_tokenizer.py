@@ -6,7 +6,7 @@ import pytest
 
 from rsunivlm_jax import presets
 from rsunivlm_jax.data.tokenizer import tokenizer_files_dir
-from tools.convert_torch import ConversionError, hf_config
+from rsunivlm_jax.convert import ConversionError, hf_config
 
 # The released RSUniVLM config.json, reduced to what the converter reads (SPEC 1.1, 2.3-2.7).
 RSUNIVLM_CONFIG = {

@@ -13,8 +13,8 @@ from tests import hf_utils as H
 torch = H.torch
 import rsunivlm_jax as rs  # noqa: E402
 from rsunivlm_jax import checkpoint_io  # noqa: E402
-from tools.convert_torch.__main__ import main  # noqa: E402
-from tools.convert_torch.export import export_to_torch  # noqa: E402
+from rsunivlm_jax.convert.__main__ import main  # noqa: E402
+from rsunivlm_jax.convert.export import export_to_torch  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

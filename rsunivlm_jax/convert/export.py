@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from rsunivlm_jax import checkpoint_io
-from tools.convert_torch import ConversionError, hf_config, io, mapping
-from tools.convert_torch.convert import check_destination, copy_side_files, flatten, write_atomically
-from tools.convert_torch.layouts import LAYOUTS
+from rsunivlm_jax.convert import ConversionError, hf_config, io, mapping
+from rsunivlm_jax.convert.convert import check_destination, copy_side_files, flatten, write_atomically
+from rsunivlm_jax.convert.layouts import LAYOUTS
 
 EXPORT_LAYOUTS = {"full": "llava_next", "decoder": "qwen2", "vision": "siglip_vision_model"}
 

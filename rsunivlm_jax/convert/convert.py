@@ -23,7 +23,7 @@ import numpy as np
 from rsunivlm_jax import checkpoint_io
 from rsunivlm_jax.tree import flatten, unflatten
 from rsunivlm_jax.config import ModelConfig
-from tools.convert_torch import ConversionError, hf_config, io, layouts, mapping
+from rsunivlm_jax.convert import ConversionError, hf_config, io, layouts, mapping
 
 DTYPES = ("float32", "bfloat16")
 MAX_LISTED = 25  # problems of one kind listed before summarising
@@ -238,7 +238,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "flo
     meta = {
         "format": checkpoint_io.FORMAT,
         "mapping_version": mapping.MAPPING_VERSION,
-        "converter": "tools.convert_torch",
+        "converter": "rsunivlm_jax.convert",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {
             "dir": str(src.absolute()),

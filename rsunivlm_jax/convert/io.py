@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import ml_dtypes
 import numpy as np
 
-from tools.convert_torch import ConversionError
+from rsunivlm_jax.convert import ConversionError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_INDEX = "pytorch_model.bin.index.json"

@@ -19,8 +19,8 @@ from typing import Any
 
 from rsunivlm_jax import presets
 from rsunivlm_jax.config import ConnectorConfig, DecoderConfig, GMoEConfig, ModelConfig, VisionConfig
-from tools.convert_torch import ConversionError
-from tools.convert_torch.layouts import family_of
+from rsunivlm_jax.convert import ConversionError
+from rsunivlm_jax.convert.layouts import family_of
 
 # transformers 5.24 defaults for fields a nested config may omit.
 QWEN2_DEFAULTS = dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,

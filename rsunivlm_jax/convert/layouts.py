@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tools.convert_torch import ConversionError
+from rsunivlm_jax.convert import ConversionError
 
 FAMILIES = {
     "llava_qwen_gmoe": "llava_next",  # RSUniVLM release
