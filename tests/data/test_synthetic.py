@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from rsunivlm_jax import tasks as T
 from rsunivlm_jax.data import synthetic as S
+from rsunivlm_jax.data.synthetic.text import CAPTION_PREFIX
 from rsunivlm_jax.router import route
 
 SIZE, GRID, NUM, SEED = 64, 8, 12, 5
@@ -279,7 +280,7 @@ def test_captions_follow_the_scene_graph(dataset):
         scene = _scene(_index(r))
         _, label = S.render(scene)
         cap = r["conversations"][1]["value"]
-        assert cap.startswith(S._CAPTION_PREFIX[scene.scene_class])
+        assert cap.startswith(CAPTION_PREFIX[scene.scene_class])
         noun = "ship" if scene.scene_class == "harbor" else "building"
         m = re.search(rf"(\w+) (?:large )?{noun}s?\b", cap)
         if m:
