@@ -1,6 +1,7 @@
 """Task formats of RSUniVLM: tags, prompts and answer text for all eight tasks, both directions.
 
-One place that knows how each task is asked and answered (SPEC.md sections 2.9, 4):
+One place that knows the eight tasks: how each is asked and answered, how many images it takes,
+which expert it routes to (`TASK_GRANULARITY`), which answers are masks (`MASK_TASKS`) or captions:
 
 * tags and prompt templates (`[CAP] [VQA] [CLS] [VG] [REF] [SEG] [CCD]`; two-image `[SEG]` is change
   detection, task name ``"cd"``); the expert index comes from `rsunivlm_jax.router.route`;
@@ -33,12 +34,18 @@ TASKS = ("cap", "vqa", "cls", "vg", "ref", "seg", "ccd", "cd")
 TASK_TAG = {"cap": "[CAP]", "vqa": "[VQA]", "cls": "[CLS]", "vg": "[VG]", "ref": "[REF]",
             "seg": "[SEG]", "ccd": "[CCD]", "cd": "[SEG]"}
 TASK_NUM_IMAGES = {"cap": 1, "vqa": 1, "cls": 1, "vg": 1, "ref": 1, "seg": 1, "ccd": 2, "cd": 2}
+# Expert index of each task (0 image level, 1 region level, 2 pixel level): the router on its tag.
+TASK_GRANULARITY = {task: route(tag) for task, tag in TASK_TAG.items()}
+MASK_TASKS = ("seg", "cd")              # answers are row-RLE masks
+CAPTION_TASKS = ("cap", "ccd", "ref")   # answers are free text scored with caption metrics
+# Colours of drawn answers: the model's answer, the ground truth, and the region a [REF] asks about.
+PRED_COLOR, TRUTH_COLOR, REGION_COLOR = (255, 0, 0), (0, 200, 0), (255, 200, 0)
 BACKGROUND = "others"
 IMAGE_PLACEHOLDER = "<image>"
 DEFAULT_GRID_SIZE = 24
 
 # Prompt templates (user text after the image placeholders). Wording from the reference demo
-# (`app.py` examples) and the paper's Figure 1 (SPEC 4.3-4.10).
+# (`app.py` examples) and the paper's Figure 1.
 PROMPT_TEMPLATES = {
     "cap": "[CAP] Describe this image briefly.",
     "vqa": "[VQA] {question}",
@@ -54,7 +61,7 @@ _TAG_RE = re.compile(r"^\s*(\[[A-Za-z_]+\])")
 
 
 def image_prefix(num_images: int) -> str:
-    """Placeholder prefix: ``"<image>\\n"`` or ``"<image> <image>\\n"`` (SPEC 2.6, demo layout)."""
+    """Placeholder prefix: ``"<image>\\n"`` or ``"<image> <image>\\n"`` (the reference demo's layout)."""
     if num_images <= 0:
         return ""
     return " ".join([IMAGE_PLACEHOLDER] * num_images) + "\n"
@@ -114,7 +121,7 @@ def granularity(message: str) -> int:
 # Boxes
 # --------------------------------------------------------------------------------------------
 
-# Demo regex semantics: every [...] made only of digits, commas, dots and spaces (SPEC 4.2).
+# Demo regex semantics: every [...] made only of digits, commas, dots and spaces.
 _BOX_RE = re.compile(r"\[([\d.,\s]+)\]")
 
 
@@ -192,7 +199,7 @@ def boxes_to_pixels(boxes, width: float, height: float) -> list[tuple[float, flo
 
 
 def format_ref_question(box_px: Sequence[float], width: float, height: float) -> str:
-    """``"[REF] what is [x1, y1, x2, y2]?"`` for a pixel box (SPEC 4.7)."""
+    """``"[REF] what is [x1, y1, x2, y2]?"`` for a pixel box."""
     return PROMPT_TEMPLATES["ref"].format(box=format_boxes(box_px, width, height))
 
 
@@ -266,7 +273,7 @@ def _encode_row(names: Iterable[str]) -> str:
 def encode_mask(grid: np.ndarray, label: str) -> str:
     """Bool grid -> row-wise RLE text, e.g. ``"others*21, water*1, others*2"``; rows joined by "\\n".
 
-    Foreground cells are written as `label`, background as ``others`` (SPEC 4.8).
+    Foreground cells are written as `label`, background as ``others``.
     """
     grid = np.asarray(grid)
     if grid.ndim != 2:

@@ -26,6 +26,24 @@ def test_prompt_tag_task_and_router(task, fields, expert):
     assert tasks.granularity(msg) == expert
 
 
+def test_task_facts_agree_with_prompts_and_consumers():
+    """One source for the task list: granularity from the router on a real prompt, image counts from
+    the prompt layout, and the synthetic generator and the scorer use the same list."""
+    from rsunivlm_jax.data import synthetic
+    from rsunivlm_jax.eval import scoring
+    fields = {"vqa": {"question": "Is there a road?"}, "cls": {"classes": ["a", "b"]}, "vg": {"expression": "x"},
+              "ref": {"box": "[1, 2, 3, 4]"}, "seg": {"label": "water"}, "cd": {"label": "road"}}
+    assert set(tasks.TASKS) == set(tasks.TASK_TAG) == set(tasks.TASK_NUM_IMAGES) == set(tasks.TASK_GRANULARITY)
+    for task in tasks.TASKS:
+        msg = tasks.make_user_message(task, **fields.get(task, {}))
+        assert tasks.TASK_GRANULARITY[task] == tasks.granularity(msg)
+        assert msg.count(tasks.IMAGE_PLACEHOLDER) == tasks.TASK_NUM_IMAGES[task]
+    assert [tasks.TASK_GRANULARITY[t] for t in ("cls", "vg", "seg", "cd", "ccd")] == [0, 1, 2, 2, 0]
+    assert set(tasks.MASK_TASKS) == {t for t in tasks.TASKS if tasks.TASK_TAG[t] == "[SEG]"}
+    assert synthetic.ALL_TASKS == scoring.TASKS == tasks.TASKS
+    assert scoring.MASK_TASKS is tasks.MASK_TASKS and scoring.CAPTION_TASKS is tasks.CAPTION_TASKS
+
+
 def test_prompt_texts_match_reference_examples():
     assert tasks.make_prompt("cap") == "[CAP] Describe this image briefly."
     assert tasks.make_prompt("ccd") == "[CCD] Please briefly describe the changes in these two images."
