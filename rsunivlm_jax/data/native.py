@@ -7,6 +7,11 @@ links or copies the images into ``out/images/...``, writes any derived binary ma
 directory is a self-contained record source for `records.load_source` / the pipeline / the TFDS
 builder. Prompts and answers come from `rsunivlm_jax.tasks`.
 
+Confinement: every path named by an annotation resolves (symlinks followed) inside its image
+folder, every file found by listing a folder inside `src`, and every file written inside `out`
+(`rsunivlm_jax.data.paths`); class names become mask file names through `paths.file_component`.
+A malformed or hostile annotation raises `DataError` naming the file, the record and the field.
+
 Formats (`CONVERTERS`): ``dior_rsvg``, ``rsvqa`` (LR and HR), ``karpathy_captions``
 (UCM-captions, Sydney-captions, RSICD), ``levir_cc``, ``cd_folders`` (LEVIR-CD / LEVIR-MCI style
 A/B/label), ``scene_folders`` (AID, NWPU-RESISC45, UCM, SIRI-WHU), ``semseg`` (class-index PNG
@@ -25,7 +30,8 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from rsunivlm_jax import tasks
+from rsunivlm_jax import fileio, tasks
+from rsunivlm_jax.data.paths import DataError, child_inside, file_component, resolve_inside
 from rsunivlm_jax.data.records import write_jsonl
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -46,10 +52,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _add_image(src: Path, out: Path, rel: str) -> str:
+def _out_path(out: Path, rel: str, **where) -> Path:
+    """``out / rel`` for writing, refused unless it (and any existing symlinked folder on the way)
+    stays inside `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    return resolve_inside(out, rel, what="output path", **where)
+
+
+def _add_image(src: Path, out: Path, rel: str, **where) -> str:
     """Links/copies `src` to ``out/images/<rel>``; returns the record path ``images/<rel>``."""
     rel = "images/" + rel.replace("\\", "/")
-    _link_or_copy(src, out / rel)
+    _link_or_copy(src, _out_path(out, rel, **where))
     return rel
 
 
@@ -72,18 +85,54 @@ def _write(out: Path, fmt: str, splits: dict[str, list]) -> Path:
     for name, recs in splits.items():
         if not recs:
             continue
-        write_jsonl(recs, out / f"{name}.jsonl")
-        files[name], counts[name] = f"{name}.jsonl", len(recs)
+        fname = f"{file_component(name, what='split name', field='split')}.jsonl"
+        write_jsonl(recs, _out_path(out, fname, field="split"))
+        files[name], counts[name] = fname, len(recs)
     if not files:
         raise ValueError(f"{fmt}: no records were produced")
-    (out / "manifest.json").write_text(json.dumps(
-        {"format": fmt, "image_root": ".", "splits": files, "counts": counts}, indent=2) + "\n")
+    fileio.atomic_write_json(out / "manifest.json",
+                             {"format": fmt, "image_root": ".", "splits": files, "counts": counts})
     return out
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"not valid JSON ({e})", file=path) from None
+
+
+def _field(obj, key, *, file, record=None, types=(str,), default=...):
+    """obj[key] checked against `types`; DataError naming file / record / field otherwise."""
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=file, record=record)
+    if key not in obj:
+        if default is not ...:
+            return default
+        raise DataError("missing", file=file, record=record, field=key)
+    value = obj[key]
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        raise DataError(f"expected {' or '.join(t.__name__ for t in types)}, got {value!r}", file=file,
+                        record=record, field=key)
+    return value
+
+
+def _sentences(im, *, file, record) -> list[str]:
+    sents = _field(im, "sentences", file=file, record=record, types=(list,), default=[])
+    refs = []
+    for s in sents:
+        if not isinstance(s, dict) or not isinstance(s.get("raw", ""), str):
+            raise DataError(f"each sentence must be an object with a string 'raw', got {s!r}", file=file,
+                            record=record, field="sentences")
+        if s.get("raw", "").strip():
+            refs.append(s["raw"].strip())
+    return refs
 
 
 def _find_dir(src: Path, names: Iterable[str], what: str) -> Path:
     for n in names:
         if (src / n).is_dir():
+            child_inside(src, src / n, what=f"{what} folder", file=src / n)
             return src / n
     raise FileNotFoundError(f"{src}: no {what} folder (looked for {', '.join(names)})")
 
@@ -92,16 +141,24 @@ def _images_in(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
+def _listed(root: Path, path: Path) -> Path:
+    """A file found by listing a folder under `root`, refused when a symlink leads outside `root`."""
+    child_inside(root, path, what="file", file=path)
+    return path
+
+
 def _clean_label(name: str) -> str:
     """Class names usable as mask labels / answers: no '*', ',' or newline; '_' -> ' '."""
     return re.sub(r"[*,\n]+", " ", name.replace("_", " ")).strip()
 
 
-def _find_image(d: Path, stem: str) -> Path | None:
+def _find_image(d: Path, stem: str, **where) -> Path | None:
+    """``d/<stem>.<ext>`` for the first image extension that exists; `stem` comes from data and is
+    confined to `d` (symlinks included)."""
     for ext in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS):
-        p = d / f"{stem}{ext}"
+        p = resolve_inside(d, f"{stem}{ext}", **where)
         if p.is_file():
-            return p
+            return d / f"{stem}{ext}"
     return None
 
 
@@ -129,23 +186,43 @@ def convert_dior_rsvg(src, out, *, emit_ref: bool = False) -> Path:
     ann_dir = _find_dir(src, ["Annotations", "annotations"], "annotation")
     exprs = []   # (xml stem, filename, box, category, description, W, H)
     for xml in sorted(ann_dir.glob("*.xml")):
-        root = ET.parse(xml).getroot()
+        _listed(src, xml)
+        try:
+            root = ET.parse(xml).getroot()
+        except ET.ParseError as e:
+            raise DataError(f"not valid XML ({e})", file=xml) from None
         fname = (root.findtext("filename") or f"{xml.stem}.jpg").strip()
+        where = dict(file=xml, field="filename")
+        img = resolve_inside(img_dir, fname, what="image file", **where)
         img = img_dir / fname
         if not img.is_file():
-            img = _find_image(img_dir, Path(fname).stem) or img
+            img = _find_image(img_dir, Path(fname).stem, what="image file", **where) or img
         w, h = root.findtext("size/width"), root.findtext("size/height")
-        if w is None or h is None:
-            w, h = _image_size(img)
-        for obj in root.iter("object"):
-            box = [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+        try:
+            w, h = (float(w), float(h)) if w is not None and h is not None else _image_size(img)
+        except (ValueError, OSError) as e:
+            raise DataError(f"no usable image size ({e})", file=xml, field="size") from None
+        for k, obj in enumerate(root.iter("object")):
+            box = []
+            for key in ("xmin", "ymin", "xmax", "ymax"):
+                try:
+                    box.append(float(obj.findtext(f"bndbox/{key}")))
+                except (TypeError, ValueError):
+                    raise DataError(f"bndbox/{key} is missing or not a number", file=xml, record=k,
+                                    field=key) from None
             desc = (obj.findtext("description") or obj.findtext("name") or "").strip()
             exprs.append((xml.stem, img, box, (obj.findtext("name") or "").strip(), desc, float(w), float(h)))
     split_ids = {}
     for name in ("train", "val", "test"):
         f = src / f"{name}.txt"
         if f.is_file():
-            split_ids[name] = [int(x) for x in f.read_text().split() if x.strip()]
+            ids = []
+            for tok in f.read_text().split():
+                if not tok.isdigit() or int(tok) >= len(exprs):
+                    raise DataError(f"{tok!r} is not an expression index in 0..{len(exprs) - 1}", file=f,
+                                    record=tok)
+                ids.append(int(tok))
+            split_ids[name] = ids
     if not split_ids:
         split_ids = {"all": list(range(len(exprs)))}
     splits = {}
@@ -153,7 +230,7 @@ def convert_dior_rsvg(src, out, *, emit_ref: bool = False) -> Path:
         recs = []
         for i in ids:
             stem, img, box, cat, desc, w, h = exprs[i]
-            rel = _add_image(img, out, img.name)
+            rel = _add_image(img, out, img.name, file=img, record=i, field="filename")
             ww, hh = (int(w) if w.is_integer() else w), (int(h) if h.is_integer() else h)
             recs.append(_record(f"dior_rsvg-{i}", "vg", rel, tasks.make_prompt("vg", expression=desc),
                                 tasks.format_boxes(box, w, h),
@@ -196,27 +273,36 @@ def convert_rsvqa(src, out, *, image_dir: str | None = None) -> Path:
             raise FileNotFoundError(f"{qfile}: matching answers file {afile.name} not found")
         m = re.search(r"(test_phili|train|val|test)", prefix, re.I)
         split = m.group(1).lower() if m else prefix
-        questions = json.loads(qfile.read_text(encoding="utf-8"))["questions"]
-        answers = {a["id"]: a for a in json.loads(afile.read_text(encoding="utf-8"))["answers"]}
+        questions = _field(_read_json(_listed(src, qfile)), "questions", file=qfile, types=(list,))
+        answers = {}
+        for k, a in enumerate(_field(_read_json(_listed(src, afile)), "answers", file=afile, types=(list,))):
+            answers[_field(a, "id", file=afile, record=k, types=(int, str))] = a
         ifile = src / f"{prefix}_images.json"
         inactive_images = set()
         if ifile.is_file():
-            inactive_images = {im["id"] for im in json.loads(ifile.read_text(encoding="utf-8"))["images"]
-                               if not im.get("active", True)}
+            for k, im in enumerate(_field(_read_json(_listed(src, ifile)), "images", file=ifile, types=(list,))):
+                if not _field(im, "active", file=ifile, record=k, types=(bool,), default=True):
+                    inactive_images.add(_field(im, "id", file=ifile, record=k, types=(int, str)))
         recs = []
-        for q in questions:
-            if not q.get("active", True) or q["img_id"] in inactive_images:
+        for k, q in enumerate(questions):
+            qid = q.get("id", k) if isinstance(q, dict) else k
+            where = dict(file=qfile, record=qid)
+            img_id = _field(q, "img_id", types=(int, str), **where)
+            if not q.get("active", True) or img_id in inactive_images:
                 continue
-            ans = [answers[a] for a in q.get("answers_ids", []) if a in answers and answers[a].get("active", True)]
+            ids = _field(q, "answers_ids", types=(list,), default=[], **where)
+            ans = [answers[a] for a in ids if isinstance(a, (int, str)) and a in answers
+                   and answers[a].get("active", True)]
             if not ans:
                 continue
-            img = _find_image(img_dir, str(q["img_id"]))
+            img = _find_image(img_dir, str(img_id), what="image id", field="img_id", **where)
             if img is None:
-                raise FileNotFoundError(f"{qfile}: image {q['img_id']} not found in {img_dir}")
-            rel = _add_image(img, out, img.name)
-            answer = str(ans[0]["answer"]).strip()
-            recs.append(_record(f"rsvqa-{split}-{q['id']}", "vqa", rel,
-                                tasks.make_prompt("vqa", question=q["question"].strip()), answer,
+                raise FileNotFoundError(f"{qfile}: image {img_id} not found in {img_dir}")
+            rel = _add_image(img, out, img.name, field="img_id", **where)
+            answer = str(_field(ans[0], "answer", file=afile, record=ans[0].get("id"), types=(str, int, float))).strip()
+            question = _field(q, "question", **where).strip()
+            recs.append(_record(f"rsvqa-{split}-{qid}", "vqa", rel,
+                                tasks.make_prompt("vqa", question=question), answer,
                                 {"answer": answer, "question_type": q.get("type", "")}))
         splits[split] = splits.get(split, []) + recs
     if not splits:
@@ -246,21 +332,26 @@ def convert_karpathy_captions(src, out, *, per_sentence: bool = False) -> Path:
     if not files:
         raise FileNotFoundError(f"{src}: no dataset_*.json caption file")
     img_dir = _find_dir(src, ["imgs", "images", "Images", "RSICD_images"], "image")
-    data = json.loads(files[0].read_text(encoding="utf-8"))
+    ann = _listed(src, files[0])
     splits: dict[str, list] = {}
-    for k, im in enumerate(data["images"]):
-        sub = im.get("filepath") or ""
-        img = img_dir / sub / im["filename"]
+    for k, im in enumerate(_field(_read_json(ann), "images", file=ann, types=(list,))):
+        where = dict(file=ann, record=k)
+        sub = _field(im, "filepath", default="", **where) or ""
+        name = _field(im, "filename", **where)
+        rel_in = f"{sub}/{name}" if sub else name
+        if sub:
+            resolve_inside(img_dir, sub, what="image folder", field="filepath", **where)
+        img = resolve_inside(img_dir, rel_in, what="image file", field="filename", **where)
         if not img.is_file():
-            raise FileNotFoundError(f"{files[0]}: image {img} not found")
-        refs = [s["raw"].strip() for s in im.get("sentences", []) if s.get("raw", "").strip()]
+            raise FileNotFoundError(f"{ann}: image {img_dir / rel_in} not found")
+        refs = _sentences(im, **where)
         if not refs:
             continue
-        rel = _add_image(img, out, f"{sub}/{im['filename']}" if sub else im["filename"])
-        split = im.get("split", "all")
+        rel = _add_image(img_dir / rel_in, out, rel_in, field="filename", **where)
+        split = _field(im, "split", default="all", **where)
         answers = refs if per_sentence else refs[:1]
         for j, a in enumerate(answers):
-            rid = f"{files[0].stem}-{im.get('imgid', k)}" + (f"-{j}" if per_sentence else "")
+            rid = f"{ann.stem}-{im.get('imgid', k)}" + (f"-{j}" if per_sentence else "")
             splits.setdefault(split, []).append(
                 _record(rid, "cap", rel, tasks.make_prompt("cap"), a, {"references": refs}))
     return _write(out, "karpathy_captions", splits)
@@ -288,21 +379,29 @@ def convert_levir_cc(src, out) -> Path:
     if not ann.is_file():
         raise FileNotFoundError(f"{src}: LevirCCcaptions.json not found")
     img_root = _find_dir(src, ["images", "Images"], "image")
+    _listed(src, ann)
     splits: dict[str, list] = {}
-    for k, im in enumerate(json.loads(ann.read_text(encoding="utf-8"))["images"]):
-        fp = im.get("filepath") or im.get("split", "")
+    for k, im in enumerate(_field(_read_json(ann), "images", file=ann, types=(list,))):
+        where = dict(file=ann, record=k)
+        split = _field(im, "split", default="", **where)
+        fp = _field(im, "filepath", default="", **where) or split
+        name = _field(im, "filename", **where)
+        if fp:
+            resolve_inside(img_root, fp, what="image folder", field="filepath", **where)
         pair = []
         for side in ("A", "B"):
-            p = img_root / fp / side / im["filename"]
+            rel_in = f"{fp}/{side}/{name}" if fp else f"{side}/{name}"
+            p = resolve_inside(img_root, rel_in, what="image file", field="filename", **where)
             if not p.is_file():
-                raise FileNotFoundError(f"{ann}: image {p} not found")
-            pair.append(_add_image(p, out, f"{fp}/{side}/{im['filename']}"))
-        refs = [s["raw"].strip() for s in im.get("sentences", []) if s.get("raw", "").strip()]
+                raise FileNotFoundError(f"{ann}: image {img_root / rel_in} not found")
+            pair.append(_add_image(img_root / rel_in, out, rel_in, field="filename", **where))
+        refs = _sentences(im, **where)
         if not refs:
             continue
-        splits.setdefault(im.get("split", fp or "all"), []).append(
-            _record(f"levir_cc-{Path(im['filename']).stem}", "ccd", pair, tasks.make_prompt("ccd"), refs[0],
-                    {"references": refs, "changeflag": int(im.get("changeflag", 0))}))
+        flag = _field(im, "changeflag", types=(int, bool), default=0, **where)
+        splits.setdefault(split or fp or "all", []).append(
+            _record(f"levir_cc-{Path(name).stem}", "ccd", pair, tasks.make_prompt("ccd"), refs[0],
+                    {"references": refs, "changeflag": int(flag)}))
     return _write(out, "levir_cc", splits)
 
 
@@ -337,6 +436,7 @@ def convert_cd_folders(src, out, *, class_name: str = "building",
     """
     src, out = Path(src), Path(out)
     label = _clean_label(class_name)
+    label_file = file_component(label, what="class name", field="class_name")
     roots = {d.name: d for d in sorted(src.iterdir()) if d.is_dir() and (d / "A").is_dir()}
     if (src / "A").is_dir():
         roots = {"all": src}
@@ -344,18 +444,23 @@ def convert_cd_folders(src, out, *, class_name: str = "building",
         raise FileNotFoundError(f"{src}: no A/ B/ label/ folders")
     splits = {}
     for split, d in roots.items():
+        _listed(src, d)
+        split_file = file_component(split, what="split folder", file=d)
         lab_dir = _find_dir(d, ["label", "labels", "OUT", "gt"], "label")
         recs = []
         for a in _images_in(d / "A"):
-            b = _find_image(d / "B", a.stem)
-            lab = _find_image(lab_dir, a.stem)
+            b = _find_image(d / "B", a.stem, what="image file", file=d / "B")
+            lab = _find_image(lab_dir, a.stem, what="label file", file=lab_dir)
             if b is None or lab is None:
                 raise FileNotFoundError(f"{d}: {a.name} lacks a B/ image or a label/ mask")
+            for f in (a, b, lab):
+                _listed(src, f)
             mask = _binary_mask(lab)
             h, w = mask.shape
-            mrel = f"masks/{split}/{a.stem}_cd_{label.replace(' ', '_')}.png"
-            _save_mask(mask, out / mrel)
-            pair = [_add_image(a, out, f"{split}/A/{a.name}"), _add_image(b, out, f"{split}/B/{b.name}")]
+            mrel = f"masks/{split_file}/{file_component(a.stem, file=a)}_cd_{label_file}.png"
+            _save_mask(mask, _out_path(out, mrel, file=lab))
+            pair = [_add_image(a, out, f"{split_file}/A/{a.name}", file=a),
+                    _add_image(b, out, f"{split_file}/B/{b.name}", file=b)]
             recs.append(_record(f"cd-{split}-{a.stem}", "cd", pair, tasks.make_prompt("cd", label=label),
                                 tasks.encode_mask(tasks.mask_to_grid(mask, grid_size), label),
                                 {"mask": mrel, "label": label, "width": w, "height": h}))
@@ -386,12 +491,14 @@ def convert_scene_folders(src, out, *, test_fraction: float = 0.0, seed: int = 0
     rng = np.random.default_rng(seed)
     splits: dict[str, list] = {}
     for d, cls in zip(class_dirs, classes):
+        _listed(src, d)
         imgs = _images_in(d)
         n_test = int(round(test_fraction * len(imgs)))
         test = set(rng.permutation(len(imgs))[:n_test].tolist())
         for i, img in enumerate(imgs):
+            _listed(src, img)
             split = "test" if i in test else ("train" if test_fraction > 0 else "all")
-            rel = _add_image(img, out, f"{d.name}/{img.name}")
+            rel = _add_image(img, out, f"{d.name}/{img.name}", file=img)
             splits.setdefault(split, []).append(
                 _record(f"cls-{d.name}-{img.stem}", "cls", rel, tasks.make_prompt("cls", classes=classes),
                         cls, {"label": cls, "classes": classes}))
@@ -421,9 +528,19 @@ def convert_semseg(src, out, *, grid_size: int = tasks.DEFAULT_GRID_SIZE, ignore
     cfile = src / "classes.json"
     if not cfile.is_file():
         raise FileNotFoundError(f"{src}: classes.json not found")
-    raw = json.loads(cfile.read_text(encoding="utf-8"))
-    names = {i: n for i, n in enumerate(raw)} if isinstance(raw, list) else {int(k): v for k, v in raw.items()}
+    raw = _read_json(_listed(src, cfile))
+    if isinstance(raw, list):
+        names = dict(enumerate(raw))
+    elif isinstance(raw, dict) and all(isinstance(k, str) and k.strip().isdigit() for k in raw):
+        names = {int(k): v for k, v in raw.items()}
+    else:
+        raise DataError('expected a list of class names or an object {"<id>": "<name>"}', file=cfile)
+    for i, n in names.items():
+        if not isinstance(n, str) or not _clean_label(n):
+            raise DataError(f"class name {n!r} is not a non-empty string", file=cfile, record=i)
     names = {i: _clean_label(n) for i, n in names.items()}
+    files = {i: file_component(n, what="class name", file=cfile, record=i) for i, n in names.items()
+             if n.lower() not in BACKGROUND_NAMES}
     roots = {d.name: d for d in sorted(src.iterdir()) if d.is_dir() and (d / "masks").is_dir()}
     if (src / "masks").is_dir():
         roots = {"all": src}
@@ -431,19 +548,24 @@ def convert_semseg(src, out, *, grid_size: int = tasks.DEFAULT_GRID_SIZE, ignore
         raise FileNotFoundError(f"{src}: no images/ + masks/ folders")
     splits = {}
     for split, d in roots.items():
+        _listed(src, d)
+        split_file = file_component(split, what="split folder", file=d)
         img_dir = _find_dir(d, ["images", "img", "Images"], "image")
         recs = []
         for mpath in sorted((d / "masks").glob("*.png")):
-            img = _find_image(img_dir, mpath.stem)
+            _listed(src, mpath)
+            img = _find_image(img_dir, mpath.stem, what="image file", file=img_dir)
             if img is None:
                 raise FileNotFoundError(f"{d}: no image for mask {mpath.name}")
+            _listed(src, img)
             with Image.open(mpath) as im:
                 labels = np.asarray(im)
             if labels.ndim != 2:
-                raise ValueError(f"{mpath}: class-index masks must be single-channel, got shape {labels.shape}")
+                raise DataError(f"class-index masks must be single-channel, got shape {labels.shape}", file=mpath)
             h, w = labels.shape
             grid = tasks.mask_to_grid(labels.astype(np.int32), grid_size)
-            rel = _add_image(img, out, f"{split}/{img.name}")
+            rel = _add_image(img, out, f"{split_file}/{img.name}", file=img)
+            stem = file_component(mpath.stem, file=mpath)
             for cid in np.unique(labels):
                 cid = int(cid)
                 name = names.get(cid)
@@ -452,8 +574,8 @@ def convert_semseg(src, out, *, grid_size: int = tasks.DEFAULT_GRID_SIZE, ignore
                 full = labels == cid
                 if full.mean() <= min_fraction or not (grid == cid).any():
                     continue
-                mrel = f"masks/{split}/{mpath.stem}_{name.replace(' ', '_')}.png"
-                _save_mask(full, out / mrel)
+                mrel = f"masks/{split_file}/{stem}_{files[cid]}.png"
+                _save_mask(full, _out_path(out, mrel, file=cfile, record=cid))
                 recs.append(_record(f"seg-{split}-{mpath.stem}-{name.replace(' ', '_')}", "seg", rel,
                                     tasks.make_prompt("seg", label=name),
                                     tasks.encode_mask(grid == cid, name),

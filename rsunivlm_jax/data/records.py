@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from rsunivlm_jax import tasks
+from rsunivlm_jax import fileio, tasks
+from rsunivlm_jax.data import paths
 from rsunivlm_jax.router import route
 
 # Skip / error reasons (keys of SkipReport.counts).
@@ -144,21 +145,13 @@ _RAW_BOX_RE = re.compile(r"\[([\d.,\s-]+)\]")
 
 def resolve_path(root: str | os.PathLike, rel: Any, record_id: Any = None, source: str | None = None,
                  what: str = "image") -> Path:
-    """`root` / `rel`, refusing absolute paths, ``..`` components and symlinks leading outside."""
-    if not isinstance(rel, str) or not rel.strip() or "\x00" in rel:
-        raise RecordError("bad_image_path", f"{what} path {rel!r} is empty or not a string",
-                          record_id, source)
-    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
-        raise RecordError("path_outside_root", f"{what} path {rel!r} is absolute", record_id, source)
-    parts = re.split(r"[\\/]+", rel)
-    if ".." in parts:
-        raise RecordError("path_outside_root", f"{what} path {rel!r} contains '..'", record_id, source)
-    root_resolved = Path(root).resolve()
-    full = (root_resolved / rel).resolve()
-    if not full.is_relative_to(root_resolved):
-        raise RecordError("path_outside_root", f"{what} path {rel!r} resolves outside {root_resolved}",
-                          record_id, source)
-    return full
+    """`root` / `rel` through `paths.resolve_inside`: absolute paths, ``..`` components and symlinks
+    leading outside the root are refused with a `RecordError` (path_outside_root / bad_image_path)."""
+    try:
+        return paths.resolve_inside(root, rel, what=f"{what} path")
+    except paths.DataError as e:
+        reason = "path_outside_root" if e.reason == "path_outside_root" else "bad_image_path"
+        raise RecordError(reason, e.detail, record_id, source) from None
 
 
 def _check_utf8(value: Any, record_id, source) -> None:
@@ -331,9 +324,9 @@ def validate_record(rec: Any, root: str | os.PathLike, *, source: str | None = N
     if task == "ref" and "box_px" in gt:
         w, h = _gt_size(gt, rid, source)
         _check_px_box(gt["box_px"], w, h, rid, source)
-    if task in ("seg", "cd") and "mask" in gt:
-        mpath = resolve_path(root, gt["mask"], rid, source, what="mask")
-        if check_files and not mpath.is_file():
+    if "mask" in gt:  # any task: the TFDS builder and the scorers read it
+        mpath = resolve_path(root, gt["mask"], rid, source, what="gt mask")
+        if check_files and task in ("seg", "cd") and not mpath.is_file():
             raise RecordError("missing_image", f"mask file not found: {mpath}", rid, source)
 
     return {"id": rid, "task": task, "image": list(rel), "images": paths, "conversations": turns,
@@ -381,9 +374,11 @@ def record_files(path: str | os.PathLike, split: str | None = None) -> tuple[lis
     root = p
     files: dict[str, Path] = {}
     if manifest.is_file():
-        m = json.loads(manifest.read_text(encoding="utf-8"))
-        root = (p / m.get("image_root", ".")).resolve()
-        files = {k: p / v for k, v in m.get("splits", {}).items()}
+        m = _read_manifest(manifest)
+        root = paths.resolve_inside(p, m.get("image_root", "."), what="image root", file=manifest,
+                                    field="image_root")
+        files = {k: paths.resolve_inside(p, v, what="split file", file=manifest, field=f"splits.{k}")
+                 for k, v in m.get("splits", {}).items()}
     if not files:
         files = {f.stem: f for f in sorted(p.glob("*.jsonl"))}
         files.update({f.stem: f for f in sorted(p.glob("*.json"))
@@ -396,6 +391,23 @@ def record_files(path: str | os.PathLike, split: str | None = None) -> tuple[lis
     if not files:
         raise FileNotFoundError(f"{p}: no *.jsonl / *.json record files")
     return list(files.values()), root
+
+
+def _read_manifest(path: Path) -> dict:
+    """``manifest.json`` as a dict with a string `image_root` and a {str: str} `splits`; DataError otherwise."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise paths.DataError(f"not valid JSON ({e})", file=path) from None
+    if not isinstance(m, dict):
+        raise paths.DataError(f"expected a JSON object, got {type(m).__name__}", file=path)
+    if not isinstance(m.get("image_root", "."), str):
+        raise paths.DataError(f"must be a relative path string, got {m['image_root']!r}", file=path,
+                              field="image_root")
+    splits = m.get("splits", {})
+    if not isinstance(splits, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in splits.items()):
+        raise paths.DataError(f"must map split names to file names, got {splits!r}", file=path, field="splits")
+    return m
 
 
 @dataclass
@@ -438,10 +450,5 @@ def count_by(records: Iterable[dict], key: str = "task") -> dict:
 
 
 def write_jsonl(records: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Writes records as JSONL (UTF-8, one object per line)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
+    """Writes records as JSONL (UTF-8, one object per line) to a temporary name, then renames it."""
+    return fileio.atomic_write_jsonl(path, records)

@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rsunivlm_jax.data import preprocess
-from rsunivlm_jax.data.records import RecordError, RecordSource, SkipReport, load_source
+from rsunivlm_jax.data import paths, preprocess
+from rsunivlm_jax.data.records import RecordError, RecordSource, SkipReport, load_source, resolve_path
 
 BUILDER_NAME = "rsunivlm_instructions"
 
@@ -89,12 +89,23 @@ def _read_bytes(path: str, rec: dict, verify: bool) -> bytes:
 
 
 def encode_record(rec: dict, verify: bool = False) -> dict:
-    """A validated record -> TFDS example dict (image files read as bytes)."""
-    images = [_read_bytes(p, rec, verify) for p in rec["images"]]
+    """A validated record -> TFDS example dict (image files read as bytes).
+
+    With ``rec["root"]`` every file read (images, ``gt["mask"]``) must lie inside that root
+    (`records.resolve_path`, symlinks followed); a gt mask is only read when a root is given."""
+    root = rec.get("root")
+    image_paths = list(rec["images"])
+    if root:
+        for p in image_paths:
+            if not paths.is_inside(root, p):
+                raise RecordError("path_outside_root", f"image path {p!r} resolves outside {root}",
+                                  rec.get("id"), rec.get("source"))
+    images = [_read_bytes(p, rec, verify) for p in image_paths]
     gt = dict(rec.get("gt") or {})
     mask_bytes = b""
-    if gt.get("mask") and rec.get("root"):
-        mask_bytes = _read_bytes(str(Path(rec["root"]) / gt["mask"]), rec, False)
+    if gt.get("mask") and root:
+        mpath = resolve_path(root, gt["mask"], rec.get("id"), rec.get("source"), what="gt mask")
+        mask_bytes = _read_bytes(str(mpath), rec, False)
     stored = {k: rec[k] for k in ("id", "task", "image", "conversations", "granularity") if k in rec}
     stored["gt"] = gt
     return {"id": str(rec.get("id")), "task": rec.get("task") or "",

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from rsunivlm_jax import tasks
+from rsunivlm_jax.data import paths
 from rsunivlm_jax.eval import captions, metrics
 from rsunivlm_jax.tasks import CAPTION_TASKS, MASK_TASKS, TASKS  # noqa: F401  (task facts live in tasks.py)
 
@@ -102,12 +103,11 @@ def load_gt_mask(record: Mapping, index: int, root, task: str = "seg") -> np.nda
     if root is None:
         raise ValueError(f"record {rid}: a data root is needed to read gt masks (task {task})")
     rel = _gt(record, index, "mask", task)
-    if not isinstance(rel, str) or not rel:
-        raise ValueError(f"record {rid}: gt mask must be a relative path string, got {rel!r}")
-    root_path = Path(root).resolve()
-    path = (root_path / rel).resolve()
-    if Path(rel).is_absolute() or not path.is_relative_to(root_path):
-        raise ValueError(f"record {rid}: gt mask {rel!r} is outside the data root {root_path}")
+    try:
+        path = paths.resolve_inside(root, rel, what="gt mask")
+    except paths.DataError as e:
+        where = f" (outside the data root {Path(root).resolve()})" if e.reason == "path_outside_root" else ""
+        raise ValueError(f"record {rid}: {e.detail}{where}") from None
     if not path.is_file():
         raise ValueError(f"record {rid}: gt mask file {path} does not exist")
     with Image.open(path) as img:

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -208,9 +209,14 @@ def test_lenient_pipeline_skips_bad_samples(root):
 
 def test_record_directory_with_manifest(root, tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps(good()) + "\n")
-    (tmp_path / "manifest.json").write_text(json.dumps({"image_root": os.path.relpath(root, tmp_path),
-                                                         "splits": {"train": "train.jsonl"}}))
+    (tmp_path / "imgs" / "images").mkdir(parents=True)
+    shutil.copy(root / "images/good.png", tmp_path / "imgs" / "images" / "good.png")
+    (tmp_path / "manifest.json").write_text(json.dumps({"image_root": "imgs", "splits": {"train": "train.jsonl"}}))
     src = records.load_source(tmp_path, split="train")
-    assert len(src) == 1 and Path(src[0]["images"][0]) == (root / "images/good.png").resolve()
+    assert len(src) == 1 and Path(src[0]["images"][0]) == (tmp_path / "imgs/images/good.png").resolve()
+    # Images outside the manifest's folder: the caller declares their root.
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": "train.jsonl"}}))
+    src = records.load_source(tmp_path, root=root, split="train")
+    assert Path(src[0]["images"][0]) == (root / "images/good.png").resolve()
     with pytest.raises(FileNotFoundError):
         records.load_source(tmp_path, split="test")
