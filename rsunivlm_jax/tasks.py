@@ -37,6 +37,9 @@ TASK_NUM_IMAGES = {"cap": 1, "vqa": 1, "cls": 1, "vg": 1, "ref": 1, "seg": 1, "c
 # Expert index of each task (0 image level, 1 region level, 2 pixel level): the router on its tag.
 TASK_GRANULARITY = {task: route(tag) for task, tag in TASK_TAG.items()}
 MASK_TASKS = ("seg", "cd")              # answers are row-RLE masks
+# The tasks by answer kind (labels, boxes, sentences, masks): the order of reports and of the
+# components of a task mixture (`data.pipeline.make_task_mixture`).
+TASKS_BY_ANSWER = ("cls", "vqa", "vg", "ref", "cap", "ccd", "seg", "cd")
 CAPTION_TASKS = ("cap", "ccd", "ref")   # answers are free text scored with caption metrics
 # Colours of drawn answers: the model's answer, the ground truth, and the region a [REF] asks about.
 PRED_COLOR, TRUTH_COLOR, REGION_COLOR = (255, 0, 0), (0, 200, 0), (255, 200, 0)

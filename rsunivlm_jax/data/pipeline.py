@@ -276,6 +276,60 @@ def make_dataset(sources, *, tokenizer: Tokenizer, image_size: int, image_token_
     return ds
 
 
+def make_task_mixture(sources, *, task_weights, granularity_text_len: Sequence[int], tokenizer: Tokenizer,
+                      image_size: int, image_token_id: int, tokens_per_image: int, batch_size: int, seed: int,
+                      lenient: bool = True, truncation: str = "tail", num_workers: int = 0,
+                      shard_index: int | None = None, shard_count: int | None = None) -> grain.IterDataset:
+    """Training batches of one granularity each, with the tasks of a granularity mixed by weight.
+
+    task_weights: ``{task: weight}`` (records need a ``task`` field; tasks missing or at 0 are
+    left out). Granularities are drawn in proportion to their tasks' summed weights. Each
+    granularity g has its own static shape: `granularity_text_len[g]` text slots and image slots
+    for its tasks' largest image count (so image- and region-level batches need not carry the
+    long text slots of masks: one compiled step per granularity). Components follow
+    `tasks.TASKS_BY_ANSWER`; component g is seeded with ``seed * 10 + g``.
+    """
+    from rsunivlm_jax import tasks
+
+    unknown = sorted(set(task_weights) - set(tasks.TASKS))
+    if unknown:
+        raise ValueError(f"task_weights: unknown task(s) {unknown}; expected some of {tasks.TASKS}")
+    if len(granularity_text_len) != NUM_GRANULARITIES:
+        raise ValueError(f"granularity_text_len needs {NUM_GRANULARITIES} lengths, got {tuple(granularity_text_len)}")
+    srcs = _resolve_sources(sources, lenient, max(tasks.TASK_NUM_IMAGES.values()))
+    for src in srcs:
+        if not isinstance(src, RecordSource):
+            raise ValueError(f"a task mixture reads record files (JSONL / JSON), not {src!r}")
+    weights = {t: float(task_weights.get(t, 0.0)) for t in tasks.TASKS_BY_ANSWER}
+    parts, part_weights = [], []
+    for g in range(NUM_GRANULARITIES):
+        members = [t for t in tasks.TASKS_BY_ANSWER if weights[t] > 0 and tasks.TASK_GRANULARITY[t] == g]
+        kept = []
+        for t in members:
+            for src in srcs:
+                recs = [r for r in src.records if r.get("task") == t]
+                if recs:
+                    kept.append((RecordSource(f"{src.name}-{t}", src.root, recs, src.report), t))
+        if not kept:
+            continue
+        text_len, slots = int(granularity_text_len[g]), max(tasks.TASK_NUM_IMAGES[t] for _, t in kept)
+        totals = {t: sum(len(s) for s, u in kept if u == t) for _, t in kept}
+        comp_weights = [weights[t] if len(s) == totals[t] else weights[t] * len(s) / totals[t] for s, t in kept]
+        parts.append(make_dataset([s for s, _ in kept], weights=comp_weights, seed=seed * 10 + g,
+                                  max_text_len=text_len, max_images=slots, max_seq_len=text_len + slots * tokens_per_image,
+                                  tokenizer=tokenizer, image_size=image_size, image_token_id=image_token_id,
+                                  tokens_per_image=tokens_per_image, batch_size=batch_size, grouping="mixed",
+                                  lenient=lenient, truncation=truncation, num_workers=0,
+                                  shard_index=shard_index, shard_count=shard_count))
+        part_weights.append(sum(weights[t] for t in members if t in totals))
+    if not parts:
+        raise ValueError(f"no records of a task with a positive weight in {weights}")
+    ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts, part_weights)
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return ds
+
+
 # --------------------------------------------------------------------------------------------
 # Generation prompts (evaluation)
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,11 @@ and host batches -> global `jax.Array`s.
   directory (`data.train_split` / `data.eval_split` pick the file) or a built TFDS directory
   (has `dataset_info.json`). With `data.synthetic.num > 0` and no `data.train`, the built-in
   synthetic dataset is generated (deterministically) under `data.synthetic.dir`.
+* Mixture: by default each source weighs by its record count (batches of one granularity when
+  `data.grouping="granularity"`); `data.task_weights` (``{task: weight}``) mixes by task instead,
+  one granularity per batch, with `data.granularity_text_len` text slots per granularity
+  (`rsunivlm_jax.data.pipeline.make_task_mixture`). `train.loss_weighting` ("token", "sample",
+  "sqrt") reweighs each batch's loss mask (`rsunivlm_jax.train.loss.weight_loss_mask`).
 * Each process reads its own shard (`rsunivlm_jax.data.pipeline.make_dataset` shards by
   `jax.process_index()`) with batch size global_batch / process_count; `to_global` assembles the
   global batch with `jax.make_array_from_process_local_data`.
@@ -110,6 +115,22 @@ class RemapTokens(grain.transforms.Map):
     def map(self, batch: dict) -> dict:
         batch = dict(batch)
         batch["input_ids"] = self.vocab.to_compact(batch["input_ids"])
+        return batch
+
+
+class WeightLossMask(grain.transforms.Map):
+    """Grain map over batches: `loss_mask` reweighted per example (`train.loss_weighting`,
+    `rsunivlm_jax.train.loss.weight_loss_mask`)."""
+
+    def __init__(self, mode: str):
+        from rsunivlm_jax.train.loss import weight_loss_mask
+        weight_loss_mask(np.zeros((1, 2), np.float32), mode)  # validates the mode
+        self.mode = mode
+
+    def map(self, batch: dict) -> dict:
+        from rsunivlm_jax.train.loss import weight_loss_mask
+        batch = dict(batch)
+        batch["loss_mask"] = weight_loss_mask(batch["loss_mask"], self.mode)
         return batch
 
 
@@ -231,14 +252,27 @@ def build_inputs(config, model: ModelConfig, workdir: str, *, vocab_source_dir: 
                   max_seq_len=max_seq_len, max_images=max_images, batch_size=local_batch,
                   grouping=d.grouping, lenient=d.lenient, truncation=d.truncation)
 
-    def finish(ds):
-        return ds.map(RemapTokens(vocab)) if vocab is not None else ds
+    weighting = str(config.train.get("loss_weighting", "token"))
 
-    train = pipeline.make_dataset(train_sources, seed=int(d.seed), num_workers=int(d.num_workers), **common)
-    train = finish(train)
+    def finish(ds):
+        ds = ds.map(RemapTokens(vocab)) if vocab is not None else ds
+        return ds.map(WeightLossMask(weighting)) if weighting != "token" else ds
+
+    def dataset(sources, seed: int, num_workers: int):
+        if not d.get("task_weights"):
+            return pipeline.make_dataset(sources, seed=seed, num_workers=num_workers, **common)
+        # One granularity per batch, tasks mixed by weight, one static shape per granularity.
+        lens = tuple(d.get("granularity_text_len") or ()) or (int(d.max_text_len),) * pipeline.NUM_GRANULARITIES
+        return pipeline.make_task_mixture(
+            sources, task_weights=dict(d.task_weights), granularity_text_len=lens, tokenizer=tok,
+            image_size=model.vision.image_size, image_token_id=tok.image_token_id,
+            tokens_per_image=model.tokens_per_image, batch_size=local_batch, seed=seed, lenient=d.lenient,
+            truncation=d.truncation, num_workers=num_workers)
+
+    train = finish(dataset(train_sources, int(d.seed), int(d.num_workers)))
     make_eval = None
     if eval_sources:
-        eval_ds = finish(pipeline.make_dataset(eval_sources, seed=int(d.seed) + 1, num_workers=0, **common))
+        eval_ds = finish(dataset(eval_sources, int(d.seed) + 1, 0))
         make_eval = lambda: iter(eval_ds)  # noqa: E731
     return Inputs(train, make_eval, vocab, local_batch)
 

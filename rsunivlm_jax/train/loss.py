@@ -6,9 +6,15 @@ one difference that matters for batching: the reference averages over the target
 tokens in the GLOBAL batch (all devices, all micro-batches). Every target token then weighs the
 same, and gradient accumulation gives exactly the gradient of the big batch.
 
-Conventions (batch contract in docs/CONTRIBUTING_AGENTS.md): `logits[:, t]` (from
-`forward(..., output="text")`) predicts `input_ids[:, t + 1]`; `loss_mask[:, t]` marks token t as
-a target. So the pair (logits[:, t], input_ids[:, t + 1]) is weighted by `loss_mask[:, t + 1]`.
+Conventions (batch contract in docs/data.md): `logits[:, t]` (from `forward(..., output="text")`)
+predicts `input_ids[:, t + 1]`; `loss_mask[:, t]` weighs token t as a target. So the pair
+(logits[:, t], input_ids[:, t + 1]) is weighted by `loss_mask[:, t + 1]`.
+
+Weighting (`train.loss_weighting`, applied to the batches by the data side, `weight_loss_mask`):
+"token" keeps every target token at weight 1 (the reference); "sample" gives each example a
+total weight of 1, so a one-token class name counts as much as a 200-token mask; "sqrt" gives
+each example sqrt(#targets) (InternVL 2.5's square averaging). The step still divides by the
+summed weights of the global batch.
 """
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+LOSS_WEIGHTINGS = ("token", "sample", "sqrt")
 
 
 class LossStats(NamedTuple):
@@ -74,3 +83,18 @@ def mean_loss(stats: LossStats) -> jax.Array:
 def granularity_means(stats: LossStats) -> jax.Array:
     """`f32[E]` loss per target token for each granularity (NaN where it had no target)."""
     return jnp.where(stats.gran_targets > 0, stats.gran_loss_sum / jnp.maximum(stats.gran_targets, 1.0), jnp.nan)
+
+
+def weight_loss_mask(loss_mask: np.ndarray, mode: str) -> np.ndarray:
+    """Per-example target weights for a host batch's `loss_mask [B, T]` (numpy; see the module doc).
+
+    "token": unchanged; "sample": each example's targets sum to 1; "sqrt": each sums to sqrt(#targets).
+    """
+    if mode not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {mode!r}")
+    mask = np.asarray(loss_mask, np.float32)
+    if mode == "token":
+        return mask
+    n = mask[:, 1:].sum(axis=1, keepdims=True)  # position 0 is never a target
+    scale = 1.0 / np.maximum(n, 1.0) if mode == "sample" else 1.0 / np.sqrt(np.maximum(n, 1.0))
+    return (mask * scale).astype(np.float32)

@@ -193,3 +193,49 @@ def test_two_worker_pipeline(src):
     it2 = iter(pipeline.make_dataset([src], num_workers=2, **kwargs()))
     it2.set_state(state)
     assert all(_equal(r, next(it2)) for r in rest)
+
+
+def _mixture(src, seed=0, **kw):
+    base = dict(task_weights={"cap": 1.0, "vg": 3.0, "seg": 2.0, "ccd": 0.0}, granularity_text_len=(64, 80, T),
+                tokenizer=qwen_tokenizer(), image_size=S, image_token_id=IMAGE_TOKEN_ID, tokens_per_image=K,
+                batch_size=B, seed=seed, shard_index=0, shard_count=1)
+    base.update(kw)
+    return pipeline.make_task_mixture([src], **base)
+
+
+def test_task_mixture_batches_one_granularity_with_its_own_shape(src):
+    """Each batch holds one granularity, shaped by that granularity's text length and image count;
+    granularities come in proportion to their tasks' weights; a task at weight 0 never appears."""
+    lens, counts = (64, 80, T), {0: 0, 1: 0, 2: 0}
+    for b in take(_mixture(src), 120):
+        (g,) = set(b["granularity"].tolist())
+        counts[g] += 1
+        assert b["input_ids"].shape == (B, lens[g]) and b["loss_mask"].shape == (B, lens[g])
+        assert b["pixel_values"].shape == (B, 1, S, S, 3) and (b["num_images"] == 1).all()  # no ccd (2 images)
+    # weights cap 1 : vg 3 : seg 2 -> expected 20 : 60 : 40 batches of 120
+    assert 8 <= counts[0] <= 32 and 45 <= counts[1] <= 75 and 28 <= counts[2] <= 52, counts
+    # two-image tasks get two image slots in their granularity's batches
+    only_ccd = take(_mixture(src, task_weights={"ccd": 1.0}), 3)
+    assert all(b["pixel_values"].shape == (B, 2, S, S, 3) and (b["num_images"] == 2).all() for b in only_ccd)
+
+
+def test_task_mixture_is_deterministic_and_resumes_exactly(src):
+    a, b = take(_mixture(src), 8), take(_mixture(src), 8)
+    assert all(_equal(x, y) for x, y in zip(a, b))
+    assert not all(_equal(x, y) for x, y in zip(a, take(_mixture(src, seed=1), 8)))
+    it = iter(_mixture(src))
+    for _ in range(5):
+        next(it)
+    state, rest = it.get_state(), [next(it) for _ in range(4)]
+    it2 = iter(_mixture(src))
+    it2.set_state(state)
+    assert all(_equal(r, next(it2)) for r in rest)
+
+
+def test_task_mixture_rejects_unknown_tasks_and_wrong_lengths(src):
+    with pytest.raises(ValueError, match="unknown task.*'nope'"):
+        _mixture(src, task_weights={"nope": 1.0})
+    with pytest.raises(ValueError, match="3 lengths"):
+        _mixture(src, granularity_text_len=(64, 80))
+    with pytest.raises(ValueError, match="positive weight"):
+        _mixture(src, task_weights={"cls": 1.0})  # no cls records in the source

@@ -50,3 +50,45 @@ def test_random_batches_follow_the_contract_and_split_by_process():
     a = next(it)
     it.set_state(state)
     np.testing.assert_array_equal(next(it)["input_ids"], a["input_ids"])
+
+
+def test_loss_weighting_per_example():
+    """token: unchanged; sample: each example's targets sum to 1; sqrt: to sqrt(#targets). Column 0
+    is never a target, so it does not count."""
+    from rsunivlm_jax.train.loss import weight_loss_mask
+    mask = np.array([[1, 1, 1, 1, 1], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0]], np.float32)  # 4, 1 and 0 targets
+    assert np.array_equal(weight_loss_mask(mask, "token"), mask)
+    sample = weight_loss_mask(mask, "sample")
+    assert np.allclose(sample[0], 0.25) and np.allclose(sample[1], [0, 1, 0, 0, 0]) and not sample[2].any()
+    assert np.allclose(weight_loss_mask(mask, "sqrt")[0], 0.5)      # 4 targets: each 1/2, sum 2 = sqrt(4)
+    import pytest
+    with pytest.raises(ValueError, match="loss weighting"):
+        weight_loss_mask(mask, "mean")
+
+
+def test_build_inputs_task_mixture_and_loss_weighting_from_the_config(tmp_path):
+    """The trainer's inputs follow `data.task_weights` / `data.granularity_text_len` (one shape per
+    granularity) and `train.loss_weighting` ("sample": every example's targets sum to 1)."""
+    from rsunivlm_jax.train import config_lib
+    from rsunivlm_jax.train.data import build_inputs
+    from tests.data.helpers import small_dataset
+
+    c = config_lib.base_config()
+    c.model.preset = "tiny"
+    c.data.train = small_dataset(tmp_path / "data", n=16, size=32) + "/train.jsonl"
+    c.data.compact_vocab = True
+    c.data.max_images = 2
+    c.data.task_weights = {"cap": 1.0, "vg": 1.0, "seg": 1.0}
+    c.data.granularity_text_len = (64, 72, 200)
+    c.train.global_batch = 4
+    c.train.loss_weighting = "sample"
+    model = rs.presets.get("tiny")
+    it = iter(build_inputs(c, model, str(tmp_path / "run")).train)
+    seen = set()
+    for _ in range(12):
+        b = next(it)
+        (g,) = set(b["granularity"].tolist())
+        seen.add(g)
+        assert b["input_ids"].shape == (4, c.data.granularity_text_len[g])
+        assert np.allclose(b["loss_mask"][:, 1:].sum(1), 1.0)
+    assert seen == {0, 1, 2}
