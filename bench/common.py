@@ -91,8 +91,9 @@ def write_result(name: str, result: dict, out_dir: str = "bench/results") -> str
 
 
 def save_result(result: dict, path: str | None) -> None:
-    """Prints `result` as JSON and, when `path` is given, writes it there."""
+    """Prints `result` as JSON and, when `path` is given, writes it there (temporary name + rename,
+    so an interrupted run leaves the previous result whole)."""
     print(json.dumps(result, indent=2))
     if path:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        from rsunivlm_jax.fileio import atomic_write_json
+        atomic_write_json(path, result)

@@ -10,6 +10,11 @@ Counterparts in the reference code (LLaVA-NeXT): `conv_templates["qwen_1_5"]` in
   from 151646 on collide with ``<image>`` = 151646 (ENVIRONMENT.md 6.2).
 * ``<image>`` is never tokenised: text is split on it and the configured `image_token_id` is
   inserted, one id per image (the model expands it to the visual tokens).
+* Compact vocabulary (tiny models, `rsunivlm_jax.train.data.CompactVocab`): a directory whose
+  ``vocab.json`` is a ``{"full_ids": [...], "unk_id": ...}`` table (and has no ``merges.txt``)
+  next to ``tokenizer.json`` gives a tokenizer that speaks the model's row ids: `encode` maps
+  tokenizer ids to rows (unseen ids -> the UNK row), `decode` maps rows back. A training run
+  directory is such a directory, so predict / eval / the app load it like any checkpoint.
 * Targets (SPEC 3.3): assistant messages, including their ``<|im_start|>assistant\\n`` header and
   closing ``<|im_end|>\\n``, plus every ``\\n``, ``<|im_start|>`` and ``<|im_end|>`` token anywhere;
   never image placeholders.
@@ -27,6 +32,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
+from rsunivlm_jax import fileio
 from rsunivlm_jax.tasks import IMAGE_PLACEHOLDER
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -34,6 +40,8 @@ QWEN2_SPECIAL_IDS = {ENDOFTEXT: 151643, IM_START: 151644, IM_END: 151645}
 DEFAULT_IMAGE_TOKEN_ID = 151646
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 NEWLINE_ID = 198  # "\n" in the Qwen2 vocabulary; looked up from the vocabulary when loading
+TOKENIZER_JSON = "tokenizer.json"
+COMPACT_VOCAB_FILE = "vocab.json"  # only as a {"full_ids": [...]} table, never next to merges.txt
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "system": "system"}
 
@@ -99,25 +107,47 @@ class Encoded:
 
 @dataclass
 class Tokenizer:
-    """Qwen2 tokenizer + ChatML (`qwen_1_5`) rendering and masking. Picklable (Grain workers)."""
+    """Qwen2 tokenizer + ChatML (`qwen_1_5`) rendering and masking. Picklable (Grain workers).
+
+    `full_ids` (optional): a compact vocabulary, ``full_ids[row]`` = tokenizer id of model row
+    `row` (-1: unused), with `unk_id` the row of every other id; ids in and out are then rows."""
     tok: tokenizers.Tokenizer
     image_token_id: int = DEFAULT_IMAGE_TOKEN_ID
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    full_ids: np.ndarray | None = None
+    unk_id: int | None = None
     pad_id: int = field(init=False)
     eos_id: int = field(init=False)
     im_start_id: int = field(init=False)
     newline_id: int = field(init=False)
 
     def __post_init__(self):
+        self._lut = None
+        if self.full_ids is not None:
+            self.full_ids = np.asarray(self.full_ids, dtype=np.int64)
+            if self.unk_id is None or not 0 <= int(self.unk_id) < len(self.full_ids):
+                raise ValueError(f"compact vocabulary: unk_id {self.unk_id!r} is not a row of {len(self.full_ids)}")
+            used = self.full_ids >= 0
+            self._lut = np.full((int(self.full_ids.max(initial=0)) + 1,), int(self.unk_id), dtype=np.int64)
+            self._lut[self.full_ids[used]] = np.flatnonzero(used)
         ids = {t: self.tok.token_to_id(t) for t in (ENDOFTEXT, IM_START, IM_END)}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
             raise ValueError(f"tokenizer lacks special tokens {missing}")
+        ids = {t: self._to_rows([i])[0] for t, i in ids.items()}
         self.pad_id, self.im_start_id, self.eos_id = ids[ENDOFTEXT], ids[IM_START], ids[IM_END]
-        nl = self.tok.encode("\n", add_special_tokens=False).ids
+        nl = self.encode("\n")
         if len(nl) != 1:
             raise ValueError(f"tokenizer encodes '\\n' as {nl}; expected one token (empty tokenizer?)")
         self.newline_id = nl[0]
+
+    def _to_rows(self, ids: Sequence[int]) -> list[int]:
+        """Tokenizer ids -> model rows (identity without a compact vocabulary)."""
+        if self._lut is None:
+            return list(ids)
+        arr = np.asarray(ids, dtype=np.int64)
+        ok = (arr >= 0) & (arr < len(self._lut))
+        return np.where(ok, self._lut[np.clip(arr, 0, len(self._lut) - 1)], int(self.unk_id)).tolist()
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -148,25 +178,40 @@ class Tokenizer:
             table = {k: v for k, v in table.items() if v >= base}
             _add_specials_at(tok, table, str(d))
         else:
-            tok = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+            tok = tokenizers.Tokenizer.from_file(str(d / TOKENIZER_JSON))
         tok.no_truncation()
         tok.no_padding()
+        compact = read_compact_vocab(d) if not have_vocab else None
+        if compact is not None:
+            return cls(tok, image_token_id=image_token_id, system_prompt=system_prompt,
+                       full_ids=compact["full_ids"], unk_id=compact["unk_id"])
         return cls(tok, image_token_id=image_token_id, system_prompt=system_prompt)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes ``<path>/tokenizer.json`` (the `tokenizers` object, specials included; temporary
+        name + rename). A compact vocabulary is not written here: the trainer keeps it in
+        ``vocab.json`` (`rsunivlm_jax.train.data.CompactVocab`)."""
+        return fileio.atomic_write_text(Path(path) / TOKENIZER_JSON, self.tok.to_str())
 
     # ---- plain text ---------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` (special-token strings such as ``<|im_end|>`` become their ids)."""
-        return self.tok.encode(text, add_special_tokens=False).ids
+        return self._to_rows(self.tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        """Text of `ids`; the image placeholder id and ids outside the vocabulary are dropped."""
-        n = self.tok.get_vocab_size(with_added_tokens=True)
-        keep = [int(i) for i in ids if 0 <= int(i) < n and int(i) != self.image_token_id]
+        """Text of `ids`; the image placeholder id and ids outside the vocabulary are dropped
+        (with a compact vocabulary also the UNK and unused rows)."""
+        keep = [int(i) for i in ids if 0 <= int(i) < self.vocab_size and int(i) != self.image_token_id]
+        if self.full_ids is not None:
+            keep = [int(self.full_ids[i]) for i in keep if self.full_ids[i] >= 0]
         return self.tok.decode(keep, skip_special_tokens=skip_special_tokens)
 
     @property
     def vocab_size(self) -> int:
+        """Rows the ids live in: the tokenizer's vocabulary, or the compact vocabulary's rows."""
+        if self.full_ids is not None:
+            return len(self.full_ids)
         return self.tok.get_vocab_size(with_added_tokens=True)
 
     def encode_with_images(self, text: str) -> list[int]:
@@ -247,6 +292,24 @@ def normalise_image_turn(value: str) -> str:
     if value.count(IMAGE_PLACEHOLDER) == 1 and not value.startswith(IMAGE_PLACEHOLDER):
         value = IMAGE_PLACEHOLDER + "\n" + value.replace(IMAGE_PLACEHOLDER, "").strip()
     return value
+
+
+def read_compact_vocab(path: str | os.PathLike) -> dict | None:
+    """The compact-vocabulary table ``<path>/vocab.json`` when that file is one (an object with
+    ``full_ids``), else None (no file, or a BPE vocabulary)."""
+    f = Path(path) / COMPACT_VOCAB_FILE
+    if not f.is_file() or (Path(path) / "merges.txt").is_file():
+        return None
+    try:
+        table = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(table, dict) or "full_ids" not in table:
+        return None
+    full, unk = table.get("full_ids"), table.get("unk_id")
+    if not isinstance(full, list) or not all(isinstance(i, int) for i in full) or not isinstance(unk, int):
+        raise ValueError(f"{f}: a compact vocabulary needs 'full_ids' (a list of integers) and an integer 'unk_id'")
+    return {"full_ids": full, "unk_id": unk}
 
 
 def load_default_tokenizer(image_token_id: int = DEFAULT_IMAGE_TOKEN_ID) -> Tokenizer:

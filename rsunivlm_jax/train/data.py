@@ -19,6 +19,9 @@ and host batches -> global `jax.Array`s.
   -> the model's `pad_token_id`, `<|im_end|>` -> `eos_token_ids[0]`, `<image>` -> `image_token_id`,
   anything unseen -> an UNK row. The table is stored as `<workdir>/vocab.json`
   (`full_ids[compact_id]` = tokenizer id) so generation can map ids back (`CompactVocab.to_full`).
+* Every run directory gets the tokenizer it trained with (`<workdir>/tokenizer.json`, any
+  `data.tokenizer` setting); with `vocab.json` it loads as a compact-vocabulary tokenizer
+  (`rsunivlm_jax.data.tokenizer`), so predict / eval / the app read the run like a checkpoint.
 """
 from __future__ import annotations
 
@@ -204,7 +207,7 @@ class Inputs:
 def build_inputs(config, model: ModelConfig, workdir: str, *, vocab_source_dir: str | None = None) -> Inputs:
     """Train / eval Grain datasets from the `data` section of an experiment config."""
     from rsunivlm_jax.data import pipeline
-    from rsunivlm_jax.data.tokenizer import Tokenizer, load_default_tokenizer
+    from rsunivlm_jax.data.tokenizer import TOKENIZER_JSON, Tokenizer, load_default_tokenizer
 
     d = config.data
     global_batch = int(config.train.global_batch)
@@ -245,6 +248,8 @@ def build_inputs(config, model: ModelConfig, workdir: str, *, vocab_source_dir: 
     elif tok.vocab_size > model.decoder.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} ids but the model only {model.decoder.vocab_size} rows; "
                          "use data.compact_vocab=True for small models")
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(workdir, TOKENIZER_JSON)):
+        tok.save(workdir)  # with vocab.json (compact runs) the run directory loads in predict / eval / the app
 
     max_seq_len = int(d.max_seq_len or model.decoder.max_position_embeddings)
     common = dict(tokenizer=tok, image_size=model.vision.image_size, image_token_id=tok.image_token_id,

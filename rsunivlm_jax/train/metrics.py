@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from rsunivlm_jax import fileio
 from rsunivlm_jax.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class MetricsWriter:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
+        self._repair()
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -139,16 +141,19 @@ class MetricsWriter:
             except ImportError:  # pragma: no cover - tensorboardX is a core dependency
                 log.warning("tensorboardX not installed; writing JSONL only")
 
+    def _repair(self) -> None:
+        """A run killed mid-append leaves a torn last line: drop it (with a warning) before appending."""
+        if os.path.exists(self.path):
+            rows, dropped = fileio.read_jsonl_tolerant(self.path)
+            if dropped:
+                fileio.atomic_write_jsonl(self.path, rows, ensure_ascii=True)
+
     def truncate_after(self, step: int) -> None:
-        """Drops lines of steps > `step` (a resumed run re-does those steps)."""
+        """Drops lines of steps > `step` (a resumed run re-does those steps) and any torn last line."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        with open(self.path, encoding="utf-8") as f:
-            lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, self.path)
+        rows, _ = fileio.read_jsonl_tolerant(self.path)
+        fileio.atomic_write_jsonl(self.path, [r for r in rows if r.get("step", 0) <= step], ensure_ascii=True)
 
     def write(self, step: int, values: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:
@@ -179,14 +184,12 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str, split: str | None = "train") -> list[dict]:
-    """Rows of a metrics file (optionally one split), last row per step kept."""
+    """Rows of a metrics file (optionally one split), last row per step kept; a torn last line
+    (a run killed mid-append) is dropped with a warning."""
     rows: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                if split is None or row.get("split") == split:
-                    rows[row["step"]] = row
+    for row in fileio.read_jsonl_tolerant(path)[0]:
+        if split is None or row.get("split") == split:
+            rows[row["step"]] = row
     return [rows[s] for s in sorted(rows)]
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import rsunivlm_jax as rs
+from rsunivlm_jax import fileio
 from rsunivlm_jax import sharding as shd
 from rsunivlm_jax.config import ModelConfig
 from rsunivlm_jax.train import checkpoint as ckpt_lib
@@ -290,21 +291,23 @@ class Trainer:
     def run(self) -> Summary:
         cfg = self.config
         os.makedirs(self.workdir, exist_ok=True)
-        if self.is_main:
-            with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-                json.dump({"experiment": config_to_dict(cfg), "model_config": self.model.to_dict()}, f, indent=1)
         ckpt = ckpt_lib.Checkpointer(cfg.ckpt.dir or os.path.join(self.workdir, "checkpoints"), keep=int(cfg.ckpt.keep),
                                      every=int(cfg.ckpt.every), async_save=bool(cfg.ckpt.async_save))
+        latest = ckpt.latest_step()
+        if latest is not None:  # compatibility first: a refused re-run must leave the run's files as they were
+            saved = ckpt.read_meta(latest).get("model_config")
+            if saved and architecture(ModelConfig.from_dict(saved)) != architecture(self.model):
+                ckpt.close()
+                raise ValueError(f"{ckpt.directory}/{latest}: the checkpoint's model differs from this config's")
+        if self.is_main:
+            fileio.atomic_write_json(os.path.join(self.workdir, "config.json"),
+                                     {"experiment": config_to_dict(cfg), "model_config": self.model.to_dict()}, indent=1)
         writer = metrics_lib.MetricsWriter(self.workdir, enabled=self.is_main, tensorboard=bool(cfg.metrics.tensorboard))
         inputs = self.build_inputs()
         train_iter = iter(inputs.train)
-        latest = ckpt.latest_step()
         if latest is not None:
             target = ckpt_lib.abstract_state(self.abstract_params, self.optimizer, self.state_sh)
             state, meta = ckpt.restore(latest, target, data_iter=train_iter)
-            saved = meta.get("model_config")
-            if saved and architecture(ModelConfig.from_dict(saved)) != architecture(self.model):
-                raise ValueError(f"{ckpt.directory}/{latest}: the checkpoint's model differs from this config's")
             writer.truncate_after(latest)
             log.info("resumed from step %d", latest)
         else:
