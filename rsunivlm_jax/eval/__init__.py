@@ -1,11 +1,11 @@
 """Evaluation building blocks: metrics, caption metrics, scoring against records, pictures, reports.
 
 * `rsunivlm_jax.eval.metrics`  - pure numpy metrics (accuracy, VQA, grounding, masks, change detection);
-* `rsunivlm_jax.eval.captions` - BLEU / METEOR / ROUGE-L / CIDEr through pycocoevalcap (official or
+* `rsunivlm_jax.eval.captions` - BLEU / METEOR / ROUGE-L / CIDEr (official through pycocoevalcap, or
   Java-free mode);
 * `rsunivlm_jax.eval.scoring`  - `score_task` / `trivial_baselines` over instruction records;
 * `rsunivlm_jax.eval.render`   - boxes, mask overlays, change maps, galleries, curves as PNG;
 * `rsunivlm_jax.eval.report`   - metrics.json and the markdown report.
 
-Submodules are imported on demand (captions pulls in pycocoevalcap).
+Submodules are imported on demand (pycocoevalcap only for official caption metrics).
 """

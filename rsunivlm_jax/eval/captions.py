@@ -1,25 +1,29 @@
-"""Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) through pycocoevalcap, in two labelled modes.
+"""Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), in two labelled modes.
 
-* ``"official"`` (when ``java`` is on PATH): exactly what `pycocoevalcap.eval.COCOEvalCap` does -
-  Stanford PTB tokenizer (Java) on references and predictions, then `Bleu(4)`, `Meteor` (Java),
-  `Rouge` and `Cider`. SPICE is never run (its CoreNLP jars download on first use; offline here).
+* ``"official"`` (``java`` on PATH and the optional `pycocoevalcap` package, the ``eval`` extra):
+  exactly what `pycocoevalcap.eval.COCOEvalCap` does - Stanford PTB tokenizer (Java) on references
+  and predictions, then `Bleu(4)`, `Meteor` (Java), `Rouge` and `Cider`. SPICE is never run (its
+  CoreNLP jars download on first use; offline here).
 * ``"java_free"``: a simple tokenizer (NFKC, lower-case, punctuation -> space) and the pure-Python
-  pycocoevalcap scorers `Bleu`, `Rouge`, `Cider`; METEOR is ``None``. Numbers differ slightly from
-  the official ones (PTB splits e.g. "don't" -> "do n't"); the result's ``mode`` says which ran.
+  BLEU / ROUGE-L / CIDEr of `rsunivlm_jax.eval.caption_scorers` (pycocoevalcap's arithmetic, no
+  optional package needed); METEOR is ``None``. Numbers differ slightly from the official ones
+  (PTB splits e.g. "don't" -> "do n't"); the result's ``mode`` says which ran.
+
+`pycocoevalcap` is imported only when official metrics are computed; ``"auto"`` picks official
+only when both Java and the package are there.
 
 Keys follow COCOEvalCap: ``Bleu_1 .. Bleu_4``, ``METEOR``, ``ROUGE_L``, ``CIDEr`` (fractions, CIDEr
 on its natural 0-10 scale). See DESIGN.md appendix C and ENVIRONMENT.md section 9.
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import unicodedata
 from typing import Sequence
 
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.rouge.rouge import Rouge
+from rsunivlm_jax.eval import caption_scorers
 
 OFFICIAL, JAVA_FREE = "official", "java_free"
 METRIC_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -39,12 +43,21 @@ def java_available() -> bool:
     return shutil.which("java") is not None
 
 
+def pycocoevalcap_available() -> bool:
+    """True when the optional `pycocoevalcap` package (the ``eval`` extra) is installed."""
+    return importlib.util.find_spec("pycocoevalcap") is not None
+
+
 def resolve_mode(mode: str = "auto") -> str:
-    """``"auto"`` -> official when Java is present, else java_free; validates explicit modes."""
+    """``"auto"`` -> official when Java and pycocoevalcap are present, else java_free; validates
+    explicit modes."""
     if mode == "auto":
-        return OFFICIAL if java_available() else JAVA_FREE
+        return OFFICIAL if java_available() and pycocoevalcap_available() else JAVA_FREE
     if mode not in (OFFICIAL, JAVA_FREE):
         raise ValueError(f"caption metric mode must be 'auto', {OFFICIAL!r} or {JAVA_FREE!r}, got {mode!r}")
+    if mode == OFFICIAL and not pycocoevalcap_available():
+        raise RuntimeError("official caption metrics need the pycocoevalcap package: "
+                           "pip install 'rsunivlm_jax[eval]' (or use mode 'java_free')")
     if mode == OFFICIAL and not java_available():
         raise RuntimeError("official caption metrics need `java` on PATH (PTB tokenizer, METEOR); "
                            "install a JRE (e.g. openjdk-17-jre-headless) or use mode='java_free'")
@@ -114,11 +127,19 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         gts = {k: [simple_tokenize(c) for c in v] for k, v in gts_raw.items()}
         res = {k: [simple_tokenize(c) for c in v] for k, v in res_raw.items()}
 
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    if mode == OFFICIAL:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        bleu = Bleu(4).compute_score(gts, res, verbose=0)[0]
+        rouge, cider = Rouge().compute_score(gts, res)[0], Cider().compute_score(gts, res)[0]
+    else:
+        bleu = caption_scorers.bleu(gts, res, 4)
+        rouge, cider = caption_scorers.rouge_l(gts, res), caption_scorers.cider(gts, res)
     for n, value in enumerate(bleu, start=1):
         out[f"Bleu_{n}"] = float(value)
-    out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    out["ROUGE_L"], out["CIDEr"] = float(rouge), float(cider)
     if mode == OFFICIAL:
         scorer = meteor if meteor is not None else get_meteor()
         out["METEOR"] = float(scorer.compute_score(gts, res)[0])
