@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
+import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -90,9 +93,27 @@ def write_result(name: str, result: dict, out_dir: str = "bench/results") -> str
     return path
 
 
+def scrub_paths(obj):
+    """`obj` with this machine's paths taken out of its strings: the interpreter -> ``python``, the
+    repository -> ``.``, a temporary directory -> ``<tmp>``, the home directory -> ``~``."""
+    if isinstance(obj, dict):
+        return {k: scrub_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub_paths(v) for v in obj]
+    if not isinstance(obj, str):
+        return obj
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for exe in {sys.executable, os.path.realpath(sys.executable)}:
+        obj = obj.replace(exe, "python")
+    obj = re.sub(re.escape(tempfile.gettempdir()) + r"/[^/\s]+", "<tmp>", obj)
+    obj = re.sub(re.escape(repo) + r"(/|\b)", lambda m: "./" if m.group(1) == "/" else ".", obj)
+    return obj.replace(os.path.expanduser("~"), "~") if os.path.expanduser("~") not in ("", "/") else obj
+
+
 def save_result(result: dict, path: str | None) -> None:
     """Prints `result` as JSON and, when `path` is given, writes it there (temporary name + rename,
-    so an interrupted run leaves the previous result whole)."""
+    so an interrupted run leaves the previous result whole). Machine paths are not recorded."""
+    result = scrub_paths(result)
     print(json.dumps(result, indent=2))
     if path:
         from rsunivlm_jax.fileio import atomic_write_json

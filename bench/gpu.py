@@ -10,7 +10,7 @@ train-step and generation modules (no Grain / TFDS / ml-collections, which the G
   bfloat16 compute, remat `--remat`, global batch `--batch` x (one 384x384 image + text) =
   `--seq` decoder positions, grouped G-MoE dispatch. MFU = model FLOPs
   (`train.metrics.flops_per_step`: vision tower included, one expert per token, causal
-  attention) / (step time x peak). Peak: 989.4e12 bf16 dense for H100/H200 (DESIGN B.1).
+  attention) / (step time x peak). Peak: 989.4e12 bf16 dense for H100/H200 (the vendor's dense bf16 figure).
 * Prefill latency: generation of 1 token for one image + 50 text tokens, batch 1.
 * Decode: `rsunivlm_jax.generate` with bfloat16 weights, greedy, 64 (`--new`) new tokens at
   batch 1 and 32; tokens/s = batch x new / (time(new) - time(1 token)).
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--remat", default="full", choices=("none", "full", "dots"))
     p.add_argument("--new", type=int, default=64)
-    p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "gpu.json"))
+    p.add_argument("--out", default=os.path.join("bench", "results", "gpu.json"), help="result file")
     args = p.parse_args(argv)
     if args.reduced:
         cfg = rs.presets.get("tiny")

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_benchmark_reduced_mode(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run(["bash", "bench/gpu.sh", "--reduced", "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run(["bash", "bench/gpu.sh", "--reduced", "--out-dir", str(tmp_path), "--time-limit", "580"],
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
                           env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
