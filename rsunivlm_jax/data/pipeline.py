@@ -2,7 +2,7 @@
 
 Per source (a `RecordSource`, a `TfdsSource`, or a path to load) and, by default, per granularity:
 
-    MapDataset.source -> shuffle(seed) -> repeat -> shard by JAX process ([i::n])
+    MapDataset.source -> shuffle(seed) -> repeat -> shard by JAX process (ShardByBlocks)
       -> map(ToExample: decode + preprocess images, tokenise, mask, pad) -> to_iter_dataset
       -> drop skipped samples -> batch (homogeneous in granularity) -> weighted mix
       -> optional mp_prefetch (worker processes)
@@ -198,6 +198,33 @@ def _resolve_sources(sources, lenient: bool, max_images: int) -> list:
     return out
 
 
+class ShardByBlocks(grain.MapDataset):
+    """Process shard `index` of `count`, in blocks of `block` elements: of every `count * block`
+    consecutive elements this shard takes the `index`-th run of `block`. With `block` = the local
+    batch size, the shards' batches concatenated in process order are exactly the batches one
+    process makes with the global batch size (a strided `ds[index::count]` interleaves their rows),
+    and every shard has the same length (a trailing partial group is dropped)."""
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, block: int):
+        super().__init__(parent)
+        if not 0 <= index < count or block < 1:
+            raise ValueError(f"shard {index} of {count} with block {block}: need 0 <= index < count, block >= 1")
+        self._index, self._count, self._block = index, count, block
+        self._length = len(parent) // (count * block) * block
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        group, offset = divmod(index, self._block)
+        return self._parent[(group * self._count + self._index) * self._block + offset]
+
+    def __str__(self) -> str:
+        return f"ShardByBlocks(index={self._index}, count={self._count}, block={self._block})"
+
+
 def _shard(shard_index, shard_count) -> tuple[int, int]:
     if shard_index is None or shard_count is None:
         import jax
@@ -222,7 +249,9 @@ def make_dataset(sources, *, tokenizer: Tokenizer, image_size: int, image_token_
     grouping="granularity" (default): every batch holds one granularity (router expert);
     "mixed": batches mix granularities. `weights` (per source; default: proportional to the number
     of records) set the mixture. `num_epochs=None` repeats forever. Sharded by JAX process unless
-    shard_index/shard_count are given. Each component decodes ahead with `read_threads` threads
+    shard_index/shard_count are given (`ShardByBlocks`: with `batch_size` the per-process batch, the
+    processes' batches side by side are the global batches of one process; exact for one source or
+    granularity grouping while no sample is skipped). Each component decodes ahead with `read_threads` threads
     into a buffer of `read_buffer_size` examples (default: one batch); `num_workers` > 0 adds
     worker processes (`mp_prefetch`). In lenient mode skipped samples are logged as warnings
     (counts live in each process's `ToExample.report`).
@@ -245,7 +274,7 @@ def make_dataset(sources, *, tokenizer: Tokenizer, image_size: int, image_token_
 
     def stream(src, comp_seed: int) -> grain.IterDataset:
         ds = grain.MapDataset.source(src).shuffle(seed=comp_seed).repeat(num_epochs)
-        ds = ds[shard_index::shard_count].map(to_example)
+        ds = ShardByBlocks(ds, shard_index, shard_count, batch_size).map(to_example)
         return ds.to_iter_dataset(read).filter(_is_example)
 
     components, comp_weights = [], []
