@@ -3,7 +3,7 @@
     rsunivlm-train --config configs/rsunivlm_1b_stage2.py --workdir runs/stage2 \
         --config.init.path=runs/stage1 --config.data.train=data/rs_mix
 
-Known (SPEC 6.1): all parts trainable (`mm_tunable_parts` lists vision tower, projector and LLM), one
+Known from the release: all parts trainable (`mm_tunable_parts` lists vision tower, projector and LLM), one
 learning rate for every part (`mm_projector_lr = mm_vision_tower_lr = null`), bf16, the released
 layout (3 experts per layer, untied `lm_head`).
 Chosen here (assumptions, docs/training.md): the experts are up-cycled by copying each stage-1 MLP
@@ -13,12 +13,12 @@ supports); LR 1e-5, AdamW, no weight decay, cosine with 3 % warm-up, clipping 1.
 one epoch (18,750 steps); an expert that no example of a batch was routed to is left untouched
 (weights and Adam moments), like PyTorch's AdamW skipping parameters without gradients.
 """
-from configs import common
+from rsunivlm_jax.train.config_lib import base_config
 
 
 def get_config(arg=None):
     del arg
-    c = common.base_config()
+    c = base_config()
     c.name = "rsunivlm-1b-stage2"
     c.model.preset = "rsunivlm-1b"            # 3 experts, untied head
     c.model.dtype = "bfloat16"

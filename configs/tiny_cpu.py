@@ -1,8 +1,8 @@
 """Tiny model on the built-in synthetic dataset, for tests, the CPU demo and smoke runs.
 
-    rsunivlm-train --config configs/tiny_cpu.py --workdir /tmp/tiny1              # stage 1 (dense)
-    rsunivlm-train --config configs/tiny_cpu.py:stage2 --workdir /tmp/tiny2 \
-        --config.init.path=/tmp/tiny1                                              # stage 2 (G-MoE)
+    rsunivlm-train --config configs/tiny_cpu.py --workdir runs/tiny1              # stage 1 (dense)
+    rsunivlm-train --config configs/tiny_cpu.py:stage2 --workdir runs/tiny2 \
+        --config.init.path=runs/tiny1                                              # stage 2 (G-MoE)
 
 The `tiny` preset (64x64 images, 2+2 layers, width 64, 512 vocabulary rows) with the real Qwen2
 tokenizer through a compact vocabulary (`data.compact_vocab`), float32 on one device. Masks use an
@@ -12,14 +12,14 @@ synthetic data (train + held-out split) is generated under `<workdir>/data/synth
 `data.synthetic.dir` points elsewhere (stage 2 reuses stage 1's files when given that path).
 Argument: "stage1" (default; dense, 1 expert) or "stage2" (3 experts up-cycled from stage 1).
 """
-from configs import common
+from rsunivlm_jax.train.config_lib import base_config
 
 
 def get_config(arg=None):
     stage = (arg or "stage1").strip()
     if stage not in ("stage1", "stage2"):
         raise ValueError(f"tiny_cpu config argument must be 'stage1' or 'stage2', got {arg!r}")
-    c = common.base_config()
+    c = base_config()
     c.name = f"tiny-cpu-{stage}"
     c.model.preset = "tiny"
     c.model.dtype = "float32"

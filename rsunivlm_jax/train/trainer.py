@@ -67,7 +67,8 @@ class TrainingDiverged(RuntimeError):
 # ---- configuration -----------------------------------------------------------------------------
 
 def model_config_from(cfg: Mapping[str, Any]) -> ModelConfig:
-    """ModelConfig from the `model` section of an experiment config."""
+    """ModelConfig from the `model` section of an experiment config: a preset, the fields above, then
+    `overrides` (nested `ModelConfig.replace` arguments, e.g. ``{"decoder": {"vocab_size": 552}}``)."""
     model = rs.presets.get(cfg["preset"])
     kw: dict[str, Any] = {"dtype": cfg.get("dtype", model.dtype), "param_dtype": cfg.get("param_dtype", model.param_dtype),
                           "remat_policy": cfg.get("remat_policy", model.remat_policy)}
@@ -77,7 +78,8 @@ def model_config_from(cfg: Mapping[str, Any]) -> ModelConfig:
     kw["gmoe"] = gmoe
     if cfg.get("tie_word_embeddings") is not None:
         kw["decoder"] = {"tie_word_embeddings": bool(cfg["tie_word_embeddings"])}
-    extra = json.loads(cfg.get("overrides_json") or "{}")
+    overrides = cfg.get("overrides") or {}
+    extra = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(kw.get(key), dict):
             kw[key] = {**kw[key], **value}

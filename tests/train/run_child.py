@@ -46,8 +46,8 @@ class PausingDataset:
 
 
 def config_for(data_dir, steps):
-    from configs import tiny_cpu
-    c = tiny_cpu.get_config()
+    from tests.config_files import load as load_config
+    c = load_config("tiny_cpu.py")
     c.data.train = os.path.join(data_dir, "train.jsonl")
     c.data.eval = os.path.join(data_dir, "val.jsonl")
     c.data.max_text_len = 96

@@ -33,8 +33,8 @@ def main():
                                          num_processes=args.nproc, process_id=args.pid)
     assert jax.process_count() == args.nproc and jax.device_count() == 8, (jax.process_count(), jax.device_count())
 
-    from configs import tiny_cpu
-    c = tiny_cpu.get_config("stage2")
+    from tests.config_files import load as load_config
+    c = load_config("tiny_cpu.py:stage2")
     c.init.mode = "random"
     c.mesh.shape = (2, -1, 1)
     c.train.steps = args.steps

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from configs import tiny_cpu
+from tests.config_files import load as load_config
 from rsunivlm_jax.data import tokenizer as tok_lib
 from rsunivlm_jax.train import data as data_lib, metrics as metrics_lib, trainer as trainer_lib
 
@@ -27,7 +27,7 @@ def _argv():
 
 
 def _config(**extra):
-    c = tiny_cpu.get_config()
+    c = load_config("tiny_cpu.py")
     for key, value in {**OVERRIDES, **extra}.items():
         node = c
         *parents, leaf = key.split(".")
@@ -46,7 +46,7 @@ def run(tmp_path_factory):
 
 
 def test_compact_run_tokenizer_gives_the_training_ids(tmp_path):
-    model = trainer_lib.model_config_from(tiny_cpu.get_config().model)
+    model = trainer_lib.model_config_from(load_config("tiny_cpu.py").model)
     full = tok_lib.load_default_tokenizer()
     conv = [{"from": "human", "value": "<image>\n[CLS] Which class? harbor, forest."},
             {"from": "gpt", "value": "harbor"}]

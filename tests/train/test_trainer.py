@@ -8,13 +8,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 import rsunivlm_jax as rs
-from configs import tiny_cpu
+from tests.config_files import load as load_config
 from rsunivlm_jax.train import checkpoint as ckpt_lib, data as data_lib, metrics as metrics_lib
 from rsunivlm_jax.train import trainer as trainer_lib
 
 
 def _config(steps):
-    c = tiny_cpu.get_config("stage2")
+    c = load_config("tiny_cpu.py:stage2")
     c.init.mode = "random"
     c.train.steps = steps
     c.train.global_batch = 4

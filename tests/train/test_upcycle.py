@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rsunivlm_jax as rs
-from configs import tiny_cpu
+from tests.config_files import load as load_config
 from rsunivlm_jax import sharding as shd
 from rsunivlm_jax.train import checkpoint as ckpt_lib, step as step_lib, trainer as trainer_lib
 from rsunivlm_jax.train.upcycle import check_compatible, upcycle
@@ -36,7 +36,7 @@ def test_upcycled_stage2_reproduces_stage1_logits_for_every_granularity(tmp_path
     _save_stage1(tmp_path / "stage1", stage1, params1)
 
     # Stage 2 through the trainer's own initialisation path (init.mode="upcycle").
-    config = tiny_cpu.get_config("stage2")
+    config = load_config("tiny_cpu.py:stage2")
     config.init.path = str(tmp_path / "stage1")
     tr = trainer_lib.Trainer(config, str(tmp_path / "stage2"))
     assert tr.model.gmoe.num_experts == 3 and not tr.model.decoder.tie_word_embeddings
