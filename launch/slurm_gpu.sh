@@ -25,6 +25,7 @@ fi
 CONFIG=$1; WORKDIR=$2; shift 2
 REPO_DIR=${REPO_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 cd "$REPO_DIR"
+# shellcheck source=/dev/null  # the virtual environment made by launch/quickstart.sh
 source .venv/bin/activate
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 # srun forwards SIGTERM to every task; --kill-on-bad-exit stops the others if one process fails.
