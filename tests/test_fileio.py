@@ -17,21 +17,6 @@ from rsunivlm_jax.data import records
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class FailsOnSecondPass(dict):
-    """Serialises once (e.g. for printing), then raises while a second serialisation is under way,
-    standing in for a crash in the middle of writing a file."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.passes = 0
-
-    def items(self):
-        self.passes += 1
-        if self.passes > 1:
-            raise RuntimeError("interrupted")
-        return super().items()
-
-
 def _no_temp_files(d):
     return [n for n in os.listdir(d) if n.endswith(".tmp")] == []
 
@@ -87,9 +72,16 @@ def test_records_write_jsonl_interrupted_keeps_the_old_file(tmp_path):
     assert p.read_text() == '{"id": "old"}\n' and _no_temp_files(tmp_path)
 
 
-def test_bench_result_interrupted_keeps_the_old_file(tmp_path, capsys):
+def test_bench_result_write_that_fails_keeps_the_old_file(tmp_path):
+    """A write cut short by the file-size limit (as a full disk or quota would) in a child process
+    leaves the previous result whole."""
     p = tmp_path / "result.json"
     bench_common.save_result({"name": "old"}, str(p))
-    with pytest.raises(RuntimeError):
-        bench_common.save_result(FailsOnSecondPass(name="new", value=1.0), str(p))
+    code = ("import resource, signal, sys\n"
+            "from bench import common\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
+            "common.save_result({'name': 'new', 'data': 'x' * 200000}, sys.argv[1])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode != 0 and "File too large" in out.stderr, out.stderr[-2000:]
     assert json.loads(p.read_text()) == {"name": "old"} and _no_temp_files(tmp_path)
