@@ -1,17 +1,22 @@
-"""Pictures of structured answers and training curves, as Pillow images written to PNG.
+"""Pictures of answers, records and training curves, as Pillow images written to PNG.
 
+* `answer_picture` - the one drawing of a task's answer on its input (every command line, the
+  report gallery and the app use it): boxes, the region a [REF] asks about, mask overlays, change
+  maps, with the ground truth next to / over it when given; `record_picture` adds a record's truth
+  and the question / answer text (`captioned`).
 * `draw_boxes` / `draw_answer_boxes` - boxes (0-100 units or pixels) drawn on an image; the
   counterpart of `draw_box` in the reference demo (`app.py`: ``x_pix = x / 100 * W``).
 * `overlay_mask` - a binary mask (any size, e.g. the 24x24 grid) nearest-resized to the image and
   blended in red; `mask_image` - the black / white map alone.
-* `change_map_panel` - before | after | black / white change map side by side (the demo shows the
-  change map alone).
+* `change_map_panel` - before | after | black / white change map(s) side by side (the demo shows
+  the change map alone).
 * `compose_gallery` - titled panels in a grid, one PNG.
 * `plot_curves` - loss / metric curves to PNG with matplotlib's Agg canvas (no pyplot state).
 """
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,7 +25,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from rsunivlm_jax import tasks
 
-RED = (255, 0, 0)
+RED = tasks.PRED_COLOR
+MIN_SIDE = 192  # answer pictures: a smaller input is enlarged (nearest) by a whole factor
 PALETTE = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (255, 0, 255), (0, 220, 220))
 
 
@@ -59,7 +65,8 @@ def draw_boxes(image, boxes: Sequence[Sequence[float]], *, units: str = "0-100",
     """A copy of `image` with each ``[x1, y1, x2, y2]`` box outlined.
 
     units: ``"0-100"`` (answer format, relative to this image's W, H) or ``"pixels"``.
-    colors: cycled over the boxes (first box red). width: line width (default ~ min(W, H) / 150).
+    colors: cycled over the boxes (first box red). width: line width (default min(W, H) / 150, at
+    least 2 pixels).
     labels: optional text drawn at each box's top-left corner.
     """
     if units not in ("0-100", "pixels"):
@@ -69,7 +76,7 @@ def draw_boxes(image, boxes: Sequence[Sequence[float]], *, units: str = "0-100",
     if len(boxes) == 0:
         return out
     px = tasks.boxes_to_pixels(boxes, w, h) if units == "0-100" else [tuple(map(float, b)) for b in boxes]
-    line = width if width is not None else max(1, round(min(w, h) / 150))
+    line = width if width is not None else max(2, round(min(w, h) / 150))
     draw = ImageDraw.Draw(out)
     font = _font(max(10, min(w, h) // 25))
     for k, (x1, y1, x2, y2) in enumerate(px):
@@ -134,21 +141,117 @@ def overlay_answer_mask(image, answer: str, grid_size: int = tasks.DEFAULT_GRID_
     return overlay_mask(image, grid, **kwargs)
 
 
-def change_map_panel(before, after, change_mask, *, gap: int = 0) -> Image.Image:
-    """before | after | black-and-white change map, side by side at the size of `after`.
+def change_map_panel(before, after, change_mask, *more_masks, gap: int = 0,
+                     background: tuple[int, int, int] = (150, 150, 150)) -> Image.Image:
+    """before | after | black-and-white change map (| further maps), side by side at the size of `after`.
 
-    `before` is resized (bilinear) to the size of `after` when they differ; the mask (grid or full
-    resolution) is nearest-resized. Width = 3 * W + 2 * gap, height = H.
+    `before` is resized (bilinear) to the size of `after` when they differ; each mask (grid or full
+    resolution) is nearest-resized. Width = (2 + number of masks) * W + gaps, height = H.
     """
     after_img = _rgb(after)
     w, h = after_img.size
     before_img = _rgb(before)
     if before_img.size != (w, h):
         before_img = before_img.resize((w, h), Image.BILINEAR)
-    out = Image.new("RGB", (3 * w + 2 * gap, h), (255, 255, 255))
-    for k, panel in enumerate((before_img, after_img, mask_image(change_mask, (w, h)))):
-        out.paste(panel, (k * (w + gap), 0))
+    maps = [mask_image(m, (w, h)) for m in (change_mask, *more_masks)]
+    return side_by_side([before_img, after_img, *maps], gap=gap, background=background)
+
+
+def side_by_side(images: Sequence, *, gap: int = 4, background: tuple[int, int, int] = (255, 255, 255)):
+    """Images in one row, top-aligned, `gap` pixels of `background` apart."""
+    images = [_rgb(i) for i in images]
+    out = Image.new("RGB", (sum(i.size[0] for i in images) + gap * (len(images) - 1),
+                            max(i.size[1] for i in images)), background)
+    x = 0
+    for img in images:
+        out.paste(img, (x, 0))
+        x += img.size[0] + gap
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Answers
+# --------------------------------------------------------------------------------------------
+
+def enlarged(image, min_side: int = MIN_SIDE) -> Image.Image:
+    """RGB `image` enlarged (nearest) by the smallest whole factor that makes its short side >= `min_side`."""
+    img = _rgb(image)
+    k = max(1, math.ceil(min_side / max(1, min(img.size))))
+    return img if k == 1 else img.resize((img.size[0] * k, img.size[1] * k), Image.NEAREST)
+
+
+def answer_picture(task: str | None, images: Sequence, answer: str, *, prompt: str = "",
+                   truth: Mapping | None = None, grid_size: int = tasks.DEFAULT_GRID_SIZE,
+                   min_side: int = MIN_SIDE) -> Image.Image:
+    """A task's answer drawn on its input image(s), with the ground truth when `truth` gives it.
+
+    [VG]: answer boxes in red, ``truth["boxes_px"]`` (pixels of the input) in green; [REF]: the
+    region the question (`prompt`) asks about in yellow; [SEG]: the answer mask over the image in
+    red | ``truth["mask"]`` in green; change detection (two images): before | after | answer map
+    (| true map); other tasks: the image(s). Inputs under `min_side` pixels are enlarged (nearest).
+    """
+    shown = [enlarged(im, min_side) for im in images]
+    truth = truth or {}
+    if task == "vg":
+        scale = shown[0].size[0] / _rgb(images[0]).size[0]
+        pic = draw_boxes(shown[0], [[v * scale for v in b] for b in truth.get("boxes_px", [])], units="pixels",
+                         colors=[tasks.TRUTH_COLOR])
+        return draw_answer_boxes(pic, answer, colors=[tasks.PRED_COLOR])
+    if task == "ref":
+        box = tasks.parse_ref_box(prompt)
+        return draw_boxes(shown[0], [box] if box else [], colors=[tasks.REGION_COLOR])
+    if task in tasks.MASK_TASKS:
+        grid, _ = tasks.decode_mask(answer, grid_size)
+        masks = [grid] + ([truth["mask"]] if truth.get("mask") is not None else [])
+        if task == "cd" and len(shown) == 2:
+            return change_map_panel(shown[0], shown[1], *masks, gap=4 if len(masks) > 1 else 0)
+        return side_by_side([overlay_mask(shown[-1], m, color=c)
+                             for m, c in zip(masks, (tasks.PRED_COLOR, tasks.TRUTH_COLOR))])
+    return side_by_side(shown)
+
+
+def captioned(picture, lines: Sequence[str], *, min_width: int = 400, font_size: int = 12,
+              max_lines: int = 3) -> Image.Image:
+    """`picture` above text `lines` (each wrapped to the width, at most `max_lines` rows)."""
+    pic = _rgb(picture)
+    width = max(pic.size[0], min_width)
+    chars = max(20, int(width / (0.6 * font_size)))
+    rows = [row for line in lines
+            for row in (textwrap.wrap(str(line).replace("\n", " / "), chars, max_lines=max_lines,
+                                      placeholder=" ...") or [""])]
+    step = font_size + 3
+    out = Image.new("RGB", (width, pic.size[1] + 8 + step * len(rows)), (255, 255, 255))
+    out.paste(pic, ((width - pic.size[0]) // 2, 0))
+    draw = ImageDraw.Draw(out)
+    font = _font(font_size)
+    for k, row in enumerate(rows):
+        draw.text((4, pic.size[1] + 4 + k * step), row, fill=(0, 0, 0), font=font)
+    return out
+
+
+def record_picture(record: Mapping, answer: str, root=None, *, images: Sequence | None = None,
+                   truth: bool = True, grid_size: int = tasks.DEFAULT_GRID_SIZE,
+                   title: str | None = None) -> Image.Image:
+    """`answer_picture` of `answer` to a validated record, captioned with the question and answer.
+
+    truth: also draw the record's ground truth (boxes; masks read under `root`) and caption its
+    answer. images: the decoded inputs (default: read from the record's paths).
+    """
+    from rsunivlm_jax.data.preprocess import open_image
+    turns = record.get("conversations") or []
+    question = next((t["value"] for t in turns if t.get("from") == "human"), "")
+    reference = next((t["value"] for t in reversed(turns) if t.get("from") == "gpt"), "")
+    images = list(images) if images is not None else [open_image(p) for p in record["images"]]
+    task = record.get("task") or tasks.task_of_prompt(question, len(images))
+    gt: dict = {}
+    if truth and task == "vg":
+        gt["boxes_px"] = (record.get("gt") or {}).get("boxes_px", [])
+    if truth and task in tasks.MASK_TASKS:
+        from rsunivlm_jax.eval import scoring
+        gt["mask"] = scoring.load_gt_mask(record, 0, root, task)
+    picture = answer_picture(task, images, answer, prompt=question, truth=gt, grid_size=grid_size)
+    lines = ([title] if title else []) + [f"Q: {tasks.strip_placeholders(question)}", f"answer: {answer}"]
+    return captioned(picture, lines + ([f"truth: {reference}"] if truth else []))
 
 
 # --------------------------------------------------------------------------------------------

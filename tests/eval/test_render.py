@@ -104,3 +104,38 @@ def test_draw_boxes_accepts_degenerate_boxes():
     out = render.draw_boxes(img, [(10, 10, 10, 30), (20, 20, 40, 20)], units="pixels")
     assert out.size == (50, 40)
     assert out.getpixel((10, 20)) != (0, 0, 0)
+
+
+def test_answer_picture_draws_answer_truth_and_region_one_way():
+    from rsunivlm_jax import tasks
+    img = Image.new("RGB", (64, 32), BLACK)  # enlarged 6x to a 192-pixel short side
+    vg = np.asarray(render.answer_picture("vg", [img], "[0, 0, 50, 100]", truth={"boxes_px": [[32, 0, 64, 32]]}))
+    assert vg.shape == (192, 384, 3)
+    assert tuple(vg[100, 0]) == tuple(vg[100, 1]) == tasks.PRED_COLOR  # 2-pixel lines
+    assert tuple(vg[100, 383]) == tasks.TRUTH_COLOR and tuple(vg[100, 100]) == BLACK
+    ref = np.asarray(render.answer_picture("ref", [img], "a ship", prompt="[REF] what is [50, 0, 100, 100]?"))
+    assert tuple(ref[100, 383]) == tasks.REGION_COLOR and tuple(ref[100, 0]) == BLACK
+    seg = np.asarray(render.answer_picture("seg", [img], "water*1, others*1\nothers*2", grid_size=2,
+                                           truth={"mask": np.array([[0, 1]], bool)}))
+    assert seg.shape == (192, 384 + 4 + 384, 3)  # answer | truth
+    assert (seg[:96, :192, 0] > 0).all() and (seg[96:, :384] == 0).all()
+    assert (seg[:, 388 + 192:, 1] > 0).all() and (seg[:, 388:388 + 192] == 0).all()
+    cd = render.answer_picture("cd", [img, img], "others*2\nothers*2", grid_size=2, truth={"mask": np.ones((2, 2))})
+    assert cd.size == (4 * 384 + 3 * 4, 192)  # before | after | answer map | true map
+    assert render.answer_picture("ccd", [img, img], "new roads").size == (384 + 4 + 384, 192)
+    assert render.answer_picture("cap", [Image.new("RGB", (400, 300))], "a field").size == (400, 300)
+
+
+def test_record_picture_captions_question_answer_and_truth(tmp_path):
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "x.png")
+    record = {"id": "r1", "task": "vg", "images": [str(tmp_path / "x.png")],
+              "conversations": [{"from": "human", "value": "<image>\n[VG] the pond"},
+                                {"from": "gpt", "value": "[0, 0, 50, 50]"}],
+              "gt": {"boxes_px": [[0, 0, 16, 16]], "width": 32, "height": 32}}
+    with_truth = render.record_picture(record, "[50, 50, 100, 100]", tmp_path)
+    without = render.record_picture(record, "[50, 50, 100, 100]", tmp_path, truth=False)
+    assert with_truth.size[0] == without.size[0] == 400  # captions need at least 400 pixels
+    assert with_truth.size[1] > without.size[1] > 192  # one caption line more: the truth
+    top = np.asarray(with_truth)[:192, 104:296]  # the 192x192 picture, centred
+    assert tuple(top[10, 0]) == (0, 200, 0) and tuple(top[100, 96]) == (255, 0, 0)  # truth green, answer red
+    assert tuple(top[150, 150]) == (0, 0, 255)
