@@ -95,7 +95,7 @@ def run_child(argv: list[str]) -> dict:
 CHECK = r"""
 import sys, time, json, numpy as np
 t0 = time.time()
-from rsunivlm_jax.checkpoint_io import load_pretrained
+from rsunivlm_jax.checkpoints import load as load_pretrained
 from rsunivlm_jax.convert.io import TensorReader
 pre = load_pretrained(sys.argv[1])
 load_s = time.time() - t0

@@ -20,7 +20,8 @@ _LAZY = {
     "route": ("rsunivlm_jax.router", "route"),
     "make_mesh": ("rsunivlm_jax.sharding", "make_mesh"),
     "generate": ("rsunivlm_jax.inference.generate", "generate"),
-    "load_pretrained": ("rsunivlm_jax.checkpoint_io", "load_pretrained"),
+    "load_pretrained": ("rsunivlm_jax.checkpoints", "load"),
+    "checkpoints": ("rsunivlm_jax.checkpoints", None),
     **{name: ("rsunivlm_jax.config", name)
        for name in ("ModelConfig", "VisionConfig", "ConnectorConfig", "DecoderConfig", "GMoEConfig")},
     **{name: ("rsunivlm_jax.functional", name)

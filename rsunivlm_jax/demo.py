@@ -13,7 +13,7 @@ Stages (each one is skipped when its output exists, so re-running the command re
               granularity routing (one granularity per batch);
 5. dense      the baseline: the stage-1 model trained for the same number of extra steps on the
               same batches, without experts (same total budget as stage 1 + stage 2);
-6. eval       all eight tasks on the held-out split for both models (`rsunivlm_jax.eval.cli.evaluate`,
+6. eval       all eight tasks on the held-out split for both models (`rsunivlm_jax.eval.evaluate.evaluate`,
               constrained decoding for [VG] / [SEG]), one directory per model and task;
 7. report     `report.md` + `metrics.json` (numbers read back from the evaluation files), the loss
               curves and a gallery with one prediction per task (`write_report`).
@@ -486,8 +486,8 @@ class Demo:
 
     def evaluate_models(self) -> None:
         from rsunivlm_jax.data.records import load_source
-        from rsunivlm_jax.eval.cli import evaluate
-        from rsunivlm_jax.inference.predict_cli import load_model
+        from rsunivlm_jax.eval.evaluate import EvalOptions, evaluate
+        from rsunivlm_jax.inference.predict import load_model
         e, p = self.cfg.eval, self.paths
         runs = MODELS + ((CONTROL,) if bool(e.shuffled_control) else ())
         todo = [(m, t) for m in runs for t in TASK_ORDER if not (p.eval_dir(m, t) / "metrics.json").exists()]
@@ -507,14 +507,13 @@ class Demo:
                 loaded[run] = load_model(p.run(run))
             model = loaded[run]
             records = shuffled_images(source, int(e.per_task)) if model_name == CONTROL else source
+            options = EvalOptions(batch_size=int(e.batch_size), limit=int(e.per_task),
+                                  max_new_tokens=int(e.max_new_tokens) or None, constrained=bool(e.constrained),
+                                  grid_size=int(self.cfg.data.grid_size), max_text_len=int(e.max_prompt_len),
+                                  caption_mode=str(e.caption_mode), num_examples=int(e.num_examples))
             for task in tasks_left:
-                evaluate(model.graphdef, model.params, model.config, model.tokenizer, records, source.root, task,
-                         batch_size=int(e.batch_size), max_new_tokens=int(e.max_new_tokens) or None,
-                         sampling_params=model.sampling, eos_ids=model.eos_ids,
-                         constrained=bool(e.constrained), grid_size=int(self.cfg.data.grid_size),
-                         limit=int(e.per_task), max_text_len=int(e.max_prompt_len),
-                         caption_mode=str(e.caption_mode), out_dir=p.eval_dir(model_name, task),
-                         num_examples=int(e.num_examples), progress=self.progress,
+                evaluate(model, records, source.root, task, options, out_dir=p.eval_dir(model_name, task),
+                         progress=self.progress,
                          title=f"{MODEL_TITLES.get(model_name, 'G-MoE (images shuffled)')} model: {task}",
                          meta={"model": model_name, "checkpoint": str(p.run(model_name))})
         self.actions["eval"] = f"evaluated {len(todo)} (model, task) pairs"
@@ -585,7 +584,7 @@ def _flat_diff(a, b, prefix: str = "") -> set[str]:
 # --------------------------------------------------------------------------------------------
 
 def load_evaluation(eval_dir) -> dict:
-    """One evaluation directory written by `rsunivlm_jax.eval.cli.evaluate`: its metrics.json with
+    """One evaluation directory written by `rsunivlm_jax.eval.evaluate.evaluate`: its metrics.json with
     the yes/no VQA accuracy added (presence + comparison questions, the model and each baseline)."""
     data = _read_json(Path(eval_dir) / "metrics.json")
     (task, result), = data["results"].items()

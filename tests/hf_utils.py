@@ -3,7 +3,7 @@
 The parity tests (tests/test_model_parity.py) and the converter tests (tests/convert/) build
 tiny random models with transformers, save them with safetensors in one exact key layout
 (SPEC 9.1 / 9.2), convert them with `rsunivlm_jax.convert` and load them with
-`rsunivlm_jax.checkpoint_io.load_pretrained`.
+`rsunivlm_jax.checkpoints.load`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch  # the [test] extra installs torch and transformers
 import transformers
 
-from rsunivlm_jax import checkpoint_io  # noqa: E402
+from rsunivlm_jax import checkpoints  # noqa: E402
 from rsunivlm_jax.config import DecoderConfig, VisionConfig  # noqa: E402
 
 IMAGE_TOKEN = 199
@@ -252,8 +252,8 @@ def hf_config_dict(model) -> dict:
 
 # ---- converting -----------------------------------------------------------------------------
 
-def convert(src, dst, **kwargs) -> "checkpoint_io.Pretrained":
+def convert(src, dst, **kwargs) -> "checkpoints.Checkpoint":
     """Converts with rsunivlm_jax.convert and loads the result."""
     from rsunivlm_jax.convert.convert import convert as run
     run(src, dst, **kwargs)
-    return checkpoint_io.load_pretrained(dst)
+    return checkpoints.load(dst)

@@ -1,7 +1,7 @@
 """Float32 parity against transformers (CPU, eager attention, highest matmul precision).
 
 Weights reach our model only through the converter: each reference is saved in a PyTorch key
-layout, converted with `rsunivlm_jax.convert` and loaded with `checkpoint_io.load_pretrained`.
+layout, converted with `rsunivlm_jax.convert` and loaded with `checkpoints.load`.
 """
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from tests import hf_utils as H
 torch = H.torch
 transformers = H.transformers
 import rsunivlm_jax as rs  # noqa: E402
-from rsunivlm_jax import checkpoint_io  # noqa: E402
+from rsunivlm_jax import checkpoints  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -27,7 +27,7 @@ def _highest():
 def _text_only(pre, **replace):
     """Full model = converted decoder (+ head) + a tiny random vision tower that text-only inputs never use."""
     cfg = pre.config.replace(vision=H.TINY_VISION, image_token_id=H.IMAGE_TOKEN, **replace)
-    return checkpoint_io.assemble(cfg, pre)
+    return checkpoints.assemble(cfg, pre)
 
 
 def _our_text(tmp_path, hf_cfg, hf_models, *, dispatch="grouped"):
@@ -71,7 +71,7 @@ def test_siglip_truncated_tower_matches_transformers(tmp_path):
     # bare SigLIP checkpoint; keep 2 of its 3 blocks (the third is dropped by the converter)
     pre = H.convert(H.save_hf(hf, tmp_path / "src"), tmp_path / "dst", vision_layers=2)
     assert pre.parts == ("vision",) and pre.config.vision.num_hidden_layers == 2
-    graphdef, params = checkpoint_io.assemble(pre.config.replace(decoder=H.TINY_DECODER, image_token_id=63), pre)
+    graphdef, params = checkpoints.assemble(pre.config.replace(decoder=H.TINY_DECODER, image_token_id=63), pre)
     pixels = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     with torch.no_grad():
         out = hf(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)), output_hidden_states=True)

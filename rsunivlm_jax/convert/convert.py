@@ -13,14 +13,14 @@ import itertools
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from rsunivlm_jax import checkpoint_io
+from rsunivlm_jax import checkpoints
+from rsunivlm_jax.checkpoints import copy_side_files, write_atomically
 from rsunivlm_jax.tree import flatten, unflatten
 from rsunivlm_jax.config import ModelConfig
 from rsunivlm_jax.convert import ConversionError, hf_config, io, layouts, mapping
@@ -156,37 +156,10 @@ def check_destination(dst: Path) -> None:
 
 def _tokenizer_size(src: Path) -> int | None:
     try:
-        tok = checkpoint_io.load_tokenizer(src, hf_config.IMAGE_TOKEN_DEFAULT)
+        tok = checkpoints.load_tokenizer(src, hf_config.IMAGE_TOKEN_DEFAULT)
     except Exception as e:  # noqa: BLE001
         raise ConversionError(f"{src}: tokenizer files present but unreadable ({type(e).__name__}: {e})")
     return None if tok is None else tok.vocab_size
-
-
-def copy_side_files(src: Path, dst: Path) -> list[str]:
-    copied = []
-    for name in checkpoint_io.TOKENIZER_FILES + (checkpoint_io.GENERATION_CONFIG,):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-            copied.append(name)
-    return copied
-
-
-def write_atomically(dst: Path, fill) -> None:
-    """Runs `fill(tmp_dir)`, then renames tmp_dir to dst; on any failure removes tmp_dir."""
-    dst = dst.absolute()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        if dst.exists():
-            dst.rmdir()  # empty (checked before)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "float32",
@@ -205,7 +178,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "flo
         except ValueError:
             raise ConversionError(f"--vocab-rows {vocab_rows!r}: expected keep, tokenizer or a number of rows")
     cfg = _load_json(src / "config.json", required=True)
-    gen = _load_json(src / checkpoint_io.GENERATION_CONFIG, required=False)
+    gen = _load_json(src / checkpoints.GENERATION_CONFIG, required=False)
     parsed = hf_config.parse(cfg, gen)  # unknown model_type / unsupported settings fail here
     reader = io.TensorReader.open(src)
     detected = layouts.detect(parsed.model_type, reader.keys())
@@ -236,7 +209,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "flo
 
     np_dtype = io.np_dtype(dtype)
     meta = {
-        "format": checkpoint_io.FORMAT,
+        "format": checkpoints.FORMAT,
         "mapping_version": mapping.MAPPING_VERSION,
         "converter": "rsunivlm_jax.convert",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -275,10 +248,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "flo
             arr = assemble_leaf(item, reader, np_dtype)
             flat[item.target] = jax.device_put(arr)
             del arr
-        checkpoint_io.save_params(tmp / checkpoint_io.PARAMS_DIR, unflatten(flat))
+        checkpoints.save_params(tmp / checkpoints.PARAMS_DIR, unflatten(flat))
         del flat
         meta["copied_files"] = copy_side_files(src, tmp)
-        (tmp / checkpoint_io.META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (tmp / checkpoints.META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     write_atomically(dst, fill)
     return meta

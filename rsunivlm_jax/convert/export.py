@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsunivlm_jax import checkpoint_io
+from rsunivlm_jax import checkpoints
 from rsunivlm_jax.convert import ConversionError, hf_config, io, mapping
 from rsunivlm_jax.convert.convert import check_destination, copy_side_files, flatten, write_atomically
 from rsunivlm_jax.convert.layouts import LAYOUTS
@@ -70,12 +70,12 @@ def export_to_torch(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: st
     """Writes `dst` (safetensors + config.json + tokenizer / generation files); returns a summary."""
     src, dst = Path(src), Path(dst)
     check_destination(dst)
-    pre = checkpoint_io.load_pretrained(src)
+    pre = checkpoints.load(src)
     dtype = dtype or pre.config.param_dtype
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConversionError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16")
     np_dtype = io.np_dtype(dtype)
-    params = checkpoint_io.to_numpy(pre.params)
+    params = checkpoints.to_numpy(pre.params)
     layout, tensors = torch_tensors(params, pre.parts, pre.config.gmoe.num_experts, np_dtype)
     config = hf_config.export_config(pre.config, pre.parts, dtype)
     summary = {"layout": layout, "num_tensors": len(tensors), "dtype": dtype, "config": config}

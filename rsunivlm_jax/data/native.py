@@ -66,9 +66,21 @@ def _add_image(src: Path, out: Path, rel: str, **where) -> str:
     return rel
 
 
+def _open_array(path: Path) -> np.ndarray:
+    """Pixels of an image / mask file; DataError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot be decoded as an image ({e})", file=path) from None
+
+
 def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        return im.size
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError as e:
+        raise DataError(f"cannot be read as an image ({e})", file=path) from None
 
 
 def _record(rid: str, task: str, image, question: str, answer: str, gt: dict) -> dict:
@@ -410,8 +422,7 @@ def convert_levir_cc(src, out) -> Path:
 # --------------------------------------------------------------------------------------------
 
 def _binary_mask(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        arr = np.asarray(im)
+    arr = _open_array(path)
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=-1)
     return arr > 0
@@ -558,8 +569,7 @@ def convert_semseg(src, out, *, grid_size: int = tasks.DEFAULT_GRID_SIZE, ignore
             if img is None:
                 raise FileNotFoundError(f"{d}: no image for mask {mpath.name}")
             _listed(src, img)
-            with Image.open(mpath) as im:
-                labels = np.asarray(im)
+            labels = _open_array(mpath)
             if labels.ndim != 2:
                 raise DataError(f"class-index masks must be single-channel, got shape {labels.shape}", file=mpath)
             h, w = labels.shape

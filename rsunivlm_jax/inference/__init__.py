@@ -6,8 +6,9 @@
 
 Submodules: `generate` (prefill + while_loop decode; `generate.generate` is the function),
 `sampling` (transformers-order processors, generation_config.json), `constrained` ([VG] box /
-[SEG] mask grammars), `predict_cli` (`rsunivlm-predict`, checkpoint loading). The submodule names
-are not shadowed here, so ``from rsunivlm_jax.inference import generate`` is the module.
+[SEG] mask grammars), `predict` (a loaded model and one answer), `predict_cli` (`rsunivlm-predict`).
+The submodule names are not shadowed here, so ``from rsunivlm_jax.inference import generate`` is the
+module.
 """
 from rsunivlm_jax.inference.generate import GenerateOutput, answer_ids, decode_answers, default_max_new_tokens
 from rsunivlm_jax.inference.sampling import SamplingParams, load_generation_config

@@ -13,6 +13,8 @@ Layout (one Orbax `CheckpointManager` under `<workdir>/checkpoints`)::
   stored state always belongs to the stored step even when the loop has moved on.
 * Restore always goes through abstract targets (`jax.ShapeDtypeStruct` with `NamedSharding`s of the
   CURRENT mesh), so a checkpoint written on one mesh restores onto another.
+* Parameters alone (a run as the start of another, or for inference) are read by
+  `rsunivlm_jax.checkpoints` (`load`, `load_params`).
 """
 from __future__ import annotations
 
@@ -216,57 +218,7 @@ class Checkpointer:
         self.manager.close()
 
 
-# ---- params-only sources (stage-1 run or a converted checkpoint) -------------------------------
-
 def checkpoint_dir_of(path: str) -> str:
     """A training workdir (`<path>/checkpoints`) or a checkpoint-manager directory itself."""
     sub = epath.Path(path) / "checkpoints"
     return str(sub) if sub.is_dir() else str(path)
-
-
-def _is_converted(path: str) -> bool:
-    p = epath.Path(path)
-    return (p / "params").is_dir() and not (p / "checkpoints").is_dir()
-
-
-def _read_json(path: epath.Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def load_params(path: str, abstract_params: Any, *, step: int | None = None) -> tuple[Any, dict]:
-    """Parameters (onto the shardings of `abstract_params`) from
-
-    * a training workdir or its `checkpoints/` directory (latest step, or `step`), or
-    * a converted checkpoint directory holding `params/` (Orbax StandardCheckpointer) and an
-      optional `meta.json` (the `rsunivlm_jax/convert` layout, DESIGN 9.1).
-
-    Returns (params, meta dict).
-    """
-    path = _abs(path)
-    if _is_converted(path):
-        params = ocp.StandardCheckpointer().restore(epath.Path(path) / "params", abstract_params)
-        return params, _read_json(epath.Path(path) / "meta.json")
-    ckpt = Checkpointer(checkpoint_dir_of(path), read_only=True)
-    try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{path}: no checkpoint found (expected a training workdir, its "
-                                    "checkpoints/ directory, or a converted checkpoint with params/)")
-        return ckpt.restore_params(step, abstract_params), ckpt.read_meta(step)
-    finally:
-        ckpt.close()
-
-
-def read_source_meta(path: str) -> dict:
-    """The meta of the latest checkpoint of a workdir, or `meta.json` of a converted checkpoint."""
-    path = _abs(path)
-    if _is_converted(path):
-        return _read_json(epath.Path(path) / "meta.json")
-    ckpt = Checkpointer(checkpoint_dir_of(path), read_only=True)
-    try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{path}: no checkpoint found")
-        return ckpt.read_meta(step)
-    finally:
-        ckpt.close()

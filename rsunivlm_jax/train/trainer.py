@@ -44,6 +44,7 @@ from jax.sharding import Mesh
 
 import rsunivlm_jax as rs
 from rsunivlm_jax import fileio
+from rsunivlm_jax import checkpoints
 from rsunivlm_jax import sharding as shd
 from rsunivlm_jax.config import ModelConfig
 from rsunivlm_jax.train import checkpoint as ckpt_lib
@@ -219,18 +220,18 @@ class Trainer:
             raise ValueError(f"init.mode={mode!r} needs init.path")
         if mode == "params":
             self._check_source_model(init.path, self.model)
-            params, _ = ckpt_lib.load_params(init.path, self.abstract_params)
+            params, _ = checkpoints.load_params(init.path, self.abstract_params)
             return params
         if mode == "upcycle":
             source = self._source_model(init.path)
             _, abstract_src = rs.abstract_init(source, mesh=self.mesh, rules=self.rules)
-            params, _ = ckpt_lib.load_params(init.path, abstract_src)
+            params, _ = checkpoints.load_params(init.path, abstract_src)
             target_sh = jax.tree.map(lambda a: a.sharding, self.abstract_params)
             return upcycle_sharded(params, source, self.model, target_sh)
         raise ValueError(f"init.mode={mode!r}; expected 'random', 'params' or 'upcycle'")
 
     def _source_model(self, path: str) -> ModelConfig:
-        meta = ckpt_lib.read_source_meta(path)
+        meta = checkpoints.read_meta(path)
         cfg = meta.get("model_config")
         if cfg:
             return ModelConfig.from_dict(cfg).replace(dtype=self.model.dtype, remat_policy=self.model.remat_policy)
@@ -239,7 +240,7 @@ class Trainer:
         raise ValueError(f"{path}: no model_config in its meta; set init.source_preset")
 
     def _check_source_model(self, path: str, model: ModelConfig) -> None:
-        cfg = ckpt_lib.read_source_meta(path).get("model_config")
+        cfg = checkpoints.read_meta(path).get("model_config")
         if cfg and architecture(ModelConfig.from_dict(cfg)) != architecture(model):
             raise ValueError(f"{path}: its model config differs from this run's; use init.mode='upcycle' to go "
                              "from a dense to a G-MoE model")

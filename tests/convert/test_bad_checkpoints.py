@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from tests import hf_utils as H
 
 torch = H.torch
-from rsunivlm_jax import checkpoint_io  # noqa: E402
+from rsunivlm_jax import checkpoints  # noqa: E402
 from rsunivlm_jax.convert import ConversionError  # noqa: E402
 from rsunivlm_jax.convert.convert import convert  # noqa: E402
 
@@ -132,14 +132,14 @@ def test_plain_bin_state_dict_converts(base, tmp_path):
     torch.save(dict(base[1].state_dict()), src / "pytorch_model.bin")
     meta = convert(src, tmp_path / "dst", hash_files=False)
     assert meta["source"]["format"] == "torch"
-    a = checkpoint_io.load_pretrained(tmp_path / "dst").params["decoder"]["norm"]["scale"]
+    a = checkpoints.load(tmp_path / "dst").params["decoder"]["norm"]["scale"]
     assert (a == H.to_np(base[1].model.norm.weight)).all()
 
 
 def test_failure_while_writing_leaves_nothing(src, tmp_path, monkeypatch):
     def boom(*_a, **_k):
         raise OSError("disk full")
-    monkeypatch.setattr(checkpoint_io, "save_params", boom)
+    monkeypatch.setattr(checkpoints, "save_params", boom)
     with pytest.raises(OSError, match="disk full"):
         convert(src, tmp_path / "dst")
     assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst.partial-*"))

@@ -9,7 +9,7 @@ from tests import hf_utils as H
 torch = H.torch
 transformers = H.transformers
 import rsunivlm_jax as rs  # noqa: E402
-from rsunivlm_jax import checkpoint_io  # noqa: E402
+from rsunivlm_jax import checkpoints  # noqa: E402
 
 pytestmark = pytest.mark.torch
 TOL = 1e-4
@@ -157,7 +157,7 @@ def test_bare_qwen2_upcycled_and_headless_model(tmp_path):
     ids = np.random.default_rng(1).integers(2, H.VOCAB - 2, (1, 7)).astype(np.int32)
     with torch.no_grad():
         ref = H.to_np(hf(torch.from_numpy(ids).long()).logits)
-    graphdef, params = checkpoint_io.assemble(pre.config.replace(vision=H.TINY_VISION, image_token_id=H.IMAGE_TOKEN), pre)
+    graphdef, params = checkpoints.assemble(pre.config.replace(vision=H.TINY_VISION, image_token_id=H.IMAGE_TOKEN), pre)
     for g in range(2):
         ours = np.asarray(rs.forward(graphdef, params, jnp.asarray(ids), None, jnp.full((1,), g, jnp.int32)))
         assert np.abs(ours - ref).max() <= TOL
@@ -176,7 +176,7 @@ def test_bare_siglip_model_with_text_tower_ignored(tmp_path):
     assert pre.meta["source"]["layout"] == "siglip_vision_model" and pre.parts == ("vision",)
     assert set(pre.meta["ignored_tensors"]) == {"text_model.embeddings.token_embedding.weight", "logit_scale",
                                                 "logit_bias"}
-    graphdef, params = checkpoint_io.assemble(pre.config.replace(decoder=H.TINY_DECODER, image_token_id=63), pre)
+    graphdef, params = checkpoints.assemble(pre.config.replace(decoder=H.TINY_DECODER, image_token_id=63), pre)
     pixels = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     with torch.no_grad():
         ref = H.to_np(hf(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)),

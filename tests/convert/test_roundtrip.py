@@ -12,7 +12,7 @@ from tests import hf_utils as H
 
 torch = H.torch
 import rsunivlm_jax as rs  # noqa: E402
-from rsunivlm_jax import checkpoint_io  # noqa: E402
+from rsunivlm_jax import checkpoints  # noqa: E402
 from rsunivlm_jax.convert.__main__ import main  # noqa: E402
 from rsunivlm_jax.convert.export import export_to_torch  # noqa: E402
 
@@ -101,7 +101,7 @@ def test_sharded_restore_equals_unsharded(gmoe, shape, rules):
     _, _, _, pre = gmoe
     assert len(jax.devices()) == 8
     mesh = rs.make_mesh(shape)
-    sharded = checkpoint_io.load_pretrained(pre.path, mesh=mesh, rules=rules)
+    sharded = checkpoints.load(pre.path, mesh=mesh, rules=rules)
     specs = rs.param_specs(pre.config, rules)
     flat_specs = _flat_specs(specs)
     n_split = 0
@@ -115,7 +115,7 @@ def test_sharded_restore_equals_unsharded(gmoe, shape, rules):
 
 def test_restore_into_another_dtype(gmoe):
     _, _, _, pre = gmoe
-    bf = checkpoint_io.load_pretrained(pre.path, dtype="bfloat16")
+    bf = checkpoints.load(pre.path, dtype="bfloat16")
     assert bf.config == pre.config.replace(param_dtype="bfloat16")
     a = np.asarray(bf.params["decoder"]["layers"]["mlp"]["up_proj"]["kernel"])
     b = np.asarray(pre.params["decoder"]["layers"]["mlp"]["up_proj"]["kernel"]).astype(ml_dtypes.bfloat16)

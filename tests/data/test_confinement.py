@@ -345,11 +345,18 @@ def _malformed_cases(tmp):
         (src / "classes.json").write_text(json.dumps("background"))
         return native.convert_semseg, ("classes.json",)
 
+    def cd_corrupt_label(src):
+        for side in "AB":
+            write_png(src / side / "p.png", random_rgb(1, 16, 16))
+        (src / "label").mkdir()
+        (src / "label" / "p.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        return native.convert_cd_folders, ("label/p.png", "decoded")
+
     return [dior_xml, dior_box, dior_split, karpathy_no_images, karpathy_no_filename, karpathy_bad_sentences,
-            rsvqa_no_img_id, levir_no_filename, semseg_classes]
+            rsvqa_no_img_id, levir_no_filename, semseg_classes, cd_corrupt_label]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_malformed_annotations_raise_named_data_error(tmp_path, case):
     make = _malformed_cases(tmp_path)[case]
     src = tmp_path / "src"

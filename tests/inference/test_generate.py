@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rsunivlm_jax as rs
-from rsunivlm_jax import checkpoint_io
+from rsunivlm_jax import checkpoints
 from rsunivlm_jax.inference import constrained as C
 from rsunivlm_jax.inference.generate import answer_ids, generate
 
@@ -30,7 +30,7 @@ def qwen_pair(H, tmp_path_factory):
     d = tmp_path_factory.mktemp("qwen")
     pre = H.convert(H.save_hf(hf, d / "src"), d / "dst")
     cfg = pre.config.replace(vision=H.TINY_VISION, image_token_id=H.IMAGE_TOKEN)
-    graphdef, params = checkpoint_io.assemble(cfg, pre)
+    graphdef, params = checkpoints.assemble(cfg, pre)
     return hf, graphdef, params
 
 

@@ -37,7 +37,7 @@ def test_main_applies_config_overrides(runs, tmp_path, capsys):
 
 
 def test_main_returns_the_exit_status(runs, monkeypatch, tmp_path):
-    assert cli.main(["--config", "configs/tiny_cpu.py"]) == 1  # --workdir missing: usage error
+    assert cli.main(["--config", "configs/tiny_cpu.py"]) == 2  # --workdir missing: usage error
 
     def diverge(config, workdir):
         raise trainer_lib.TrainingDiverged("boom")
