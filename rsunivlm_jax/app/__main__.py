@@ -1,0 +1,5 @@
+import sys
+
+from rsunivlm_jax.app.cli import main
+
+sys.exit(main())
