@@ -228,19 +228,16 @@ def respond(engine: Engine, image1: Any, image2: Any, message: str, settings: De
         images = [im for im in (read_image(image1, "image 1"), read_image(image2, "image 2")) if im is not None]
         message = check_request(images, message)
         task = tasks.task_of_prompt(message, len(images))
-        notes = []
-        if settings.constrained and tasks.leading_tag(message) not in ("[VG]", "[SEG]"):
-            notes.append("constrained decoding applies to [VG] and [SEG] only; this answer is unconstrained")
-        yield Update("", None, "", "\n".join(notes))  # clears the previous answer
+        yield Update("", None, "", "")  # clears the previous answer
         last, shown = None, time.perf_counter()
         for last in engine.answer(images, message, settings):
             if not last.done and time.perf_counter() - shown >= min_interval:
-                yield Update(last.text, None, info_line(last), "\n".join(notes))
+                yield Update(last.text, None, info_line(last), "")
                 shown = time.perf_counter()
     except (RequestError, ValueError) as e:
         yield Update("", None, "", str(e), done=True)
         return
-    notes += problems(message, last.text, task, settings.grid_size)
+    notes = problems(message, last.text, task, settings.grid_size)
     if not last.finished:
         notes.append(f"stopped at the token limit ({last.max_new_tokens}) before the model ended the answer")
     yield Update(last.text, picture(images, message, last.text, task, settings.grid_size), info_line(last),
