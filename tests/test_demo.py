@@ -1,15 +1,16 @@
-"""The main job (`rsunivlm_jax.demo`) end to end, shortened: the "ci" variant of configs/demo.py
+"""The main job (`rsunivlm_jax.demo`) end to end, shortened: the "ci" variant of its config
 (48 training scenes, 24 + 12 + 12 steps, 4 held-out records per task).
 
 One pipeline run is shared by the tests (module fixture); a second run in the same workdir must
-reuse everything. Expected values come from the evaluation harness's files, the records and the
-training logs, never from the report code itself.
+reuse everything, and a run killed (SIGKILL) at points spread over every stage and re-run in its
+workdir must end with the same metrics.json. Expected values come from the evaluation harness's
+files, the records and the training logs, never from the report code itself.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,9 @@ import pytest
 from PIL import Image
 
 from rsunivlm_jax import demo
+from rsunivlm_jax.eval.comparison import HEADLINE
+from rsunivlm_jax.fileio import read_jsonl_tolerant
+from tests.demo_kill_child import POINTS
 
 TASKS = ("cls", "vqa", "vg", "ref", "cap", "ccd", "seg", "cd")
 MODELS = ("gmoe", "dense")
@@ -34,7 +38,7 @@ def _demo_cli(workdir: Path) -> tuple[str, float, dict]:
                            "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=900)
     seconds = time.perf_counter() - t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = [json.loads(l) for l in (workdir / "demo_runs.jsonl").read_text().splitlines() if l.strip()]
+    runs, _ = read_jsonl_tolerant(workdir / "demo_runs.jsonl")
     return proc.stdout, seconds, runs[-1]["actions"]
 
 
@@ -68,9 +72,11 @@ def test_every_artefact_is_written(run):
             assert (d / "metrics.json").is_file() and (d / "predictions.jsonl").is_file(), d
     with Image.open(w / "loss_curves.png") as img:
         assert img.format == "PNG" and min(img.size) > 100
-    # The run directories are loadable checkpoints (tokenizer next to the Orbax steps).
+    # The run directories are loadable checkpoints (tokenizer next to the Orbax steps), each
+    # finished run has its done marker, and no evaluation is left half-way.
     for stage in STAGES:
-        assert (w / stage / "tokenizer.json").is_file()
+        assert (w / stage / "tokenizer.json").is_file() and (w / stage / "DONE.json").is_file()
+    assert not list((w / "eval").glob("*/*.partial"))
     assert run["actions"]["stage1"] == "trained"
     assert f"Report: {w.resolve() / 'report.md'}" in run["stdout"]
     assert "[demo 7/7]" in run["stdout"]
@@ -96,7 +102,7 @@ def test_report_numbers_come_from_the_evaluation_files(run):
     for model in MODELS:
         for task in TASKS:
             source = w / "eval" / model / task / "metrics.json"
-            assert Path(payload["sources"][model][task]) == source
+            assert w / payload["sources"][model][task] == source
             evaluated = _json(source)["results"][task]
             mine = payload["models"][model][task]
             assert mine["n"] == evaluated["n"] == run["cfg"].eval.per_task
@@ -138,7 +144,7 @@ def test_shuffled_image_control_is_evaluated_and_reported(run):
         evaluated = _json(ctrl_dir / "metrics.json")["results"][task]["metrics"]
         mine = payload["control_shuffled_images"][task]["metrics"]
         assert {k: mine[k] for k in evaluated} == evaluated                # (+ acc/yes_no for vqa)
-        metric = demo.HEADLINE[task]
+        metric = HEADLINE[task]
         row = next(line for line in report.splitlines()
                    if line.startswith(f"| {task} | {metric} |") and line.count("|") == 6)
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -228,10 +234,12 @@ def test_rerun_resumes_instead_of_retraining(run):
     assert after["models"] == before["models"] and after["comparison"] == before["comparison"]
     assert seconds < run["seconds"] / 2
 
-    # A missing evaluation is redone alone; an interrupted stage resumes from its last checkpoint.
+    # A missing evaluation is redone alone; a stage without its done marker resumes from its last
+    # checkpoint.
     shutil.rmtree(w / "eval" / "dense" / "cls")
     last = _steps(w / "dense")[-1]
     shutil.rmtree(w / "dense" / "checkpoints" / str(last))
+    (w / "dense" / "DONE.json").unlink()
     resumed_from = _steps(w / "dense")[-1]
     assert resumed_from < last
     _, _, actions = _demo_cli(w)
@@ -246,7 +254,7 @@ def test_rerun_resumes_instead_of_retraining(run):
 
 def test_a_different_config_in_the_same_workdir_is_refused(run):
     cfg = demo.load_config("ci", ["train.stage1_steps=25"])
-    with pytest.raises(SystemExit, match="different config"):
+    with pytest.raises(demo.DemoError, match="different config"):
         demo.Demo(cfg, run["workdir"], progress=False).check_config()
 
 
@@ -260,20 +268,35 @@ def test_config_overrides():
     assert demo.load_config("quick").variant == "quick"
 
 
-def test_tokenizer_keeps_qwen2_pretokenisation(tmp_path):
-    """Digits split one by one, ChatML specials, exact round trip, and the constrained grammars build."""
-    import tokenizers
+def test_metrics_json_holds_no_machine_paths(run):
+    text = (run["workdir"] / "metrics.json").read_text(encoding="utf-8")
+    assert str(run["workdir"].resolve()) not in text and str(Path.home()) not in text
 
-    from rsunivlm_jax.data.tokenizer import Tokenizer, tokenizer_files_dir
-    texts = ["[12, 40, 100, 52] is the red building at the top left.", "others*3, water*5\nwater*8",
-             "Is there a ship?", "yes", "a harbor with two ships on the water."] * 20
-    demo.train_tokenizer(demo.corpus_texts([{"conversations": [{"value": t}]} for t in texts]), tmp_path,
-                         vocab_size=400)
-    tok = Tokenizer.from_dir(tmp_path, image_token_id=400)
-    assert (tok.pad_id, tok.eos_id, tok.im_start_id) == (0, 1, 2)
-    real = tokenizers.Tokenizer.from_file(str(tokenizer_files_dir() / "tokenizer.json"))
-    sample = "[REF] what is [13, 16, 28, 33]? others*12, road*4\n 1 building at 2024."
-    assert tok.tok.pre_tokenizer.pre_tokenize_str(sample) == real.pre_tokenizer.pre_tokenize_str(sample)
-    assert tok.decode(tok.encode(sample)) == sample
-    assert all(len(tok.encode(d)) == 1 for d in "0123456789")
-    demo.check_tokenizer(tok, ["water", "road"], grid_size=8)
+
+def test_killed_anywhere_and_rerun_ends_with_the_same_metrics(run, tmp_path):
+    """The kill matrix: one workdir, one process per kill point, each SIGKILLed (no cleanup) at its
+    point (tests/demo_kill_child.py: the data writer, the tokenizer, steps and checkpoint saves of
+    both stage-2 runs and stage 1, a finished run without its marker, an evaluation of each model
+    and of the control, both report files); every re-run resumes from what the last one left.
+    The final uninterrupted run ends with a metrics.json byte-identical to the clean run's. The
+    compiled XLA programs of the clean run are copied in, so the restarts do not compile again."""
+    w = tmp_path / "killed"
+    w.mkdir()
+    shutil.copytree(run["workdir"] / "jax_cache", w / "jax_cache")
+    args = ["--variant", "ci", "--workdir", str(w), "--no-progress"]
+    for point in POINTS:
+        proc = subprocess.run([sys.executable, "-m", "tests.demo_kill_child", point, *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-3000:])
+        if point in ("stage1-save", "gmoe-final-save"):  # the save was cut short: not a checkpoint
+            stage, step = ("stage1", 16) if point == "stage1-save" else ("gmoe", 12)
+            assert 8 in _steps(w / stage) and step not in _steps(w / stage), point
+        if point == "dense-done":
+            assert _steps(w / "dense")[-1] == run["cfg"].train.stage2_steps and not (w / "dense" / "DONE.json").exists()
+        if point.startswith("eval-"):
+            assert list((w / "eval").glob("*/*.partial")), point  # killed with an evaluation half-way
+        if point.startswith("report-"):
+            assert not (w / "metrics.json").exists() and (w / "report.md").is_file() == (point == "report-metrics")
+    _demo_cli(w)
+    assert (w / "metrics.json").read_bytes() == (run["workdir"] / "metrics.json").read_bytes()
+    assert not list((w / "eval").glob("*/*.partial"))
