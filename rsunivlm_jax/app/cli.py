@@ -8,6 +8,7 @@ of the reference demo.
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 import tempfile
 import threading
@@ -41,6 +42,8 @@ def _run(argv: list[str]) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port} is not a port number (1-65535)")
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError("the page needs Gradio: pip install 'rsunivlm_jax[app]'")
 
     from rsunivlm_jax.app import examples as ex
     from rsunivlm_jax.app.engine import Engine

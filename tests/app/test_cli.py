@@ -29,6 +29,12 @@ def test_bad_checkpoint_and_port(capsys, tmp_path):
     assert "not a port number" in _one_line_error(capsys, ["--checkpoint", str(tmp_path), "--port", "70000"])
 
 
+def test_without_gradio_names_the_extra(capsys, tmp_path, monkeypatch):
+    find_spec = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None if name == "gradio" else find_spec(name))
+    assert "pip install 'rsunivlm_jax[app]'" in _one_line_error(capsys, ["--checkpoint", str(tmp_path)])
+
+
 def test_examples_are_held_out_scenes_of_every_task(tmp_path):
     settings = ex.SyntheticSettings(seed=0, split="test", image_size=64, grid_size=8)
     examples = ex.write_examples(tmp_path / "ex", settings)
