@@ -9,6 +9,7 @@ of the reference demo.
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 import tempfile
 import threading
@@ -32,6 +33,10 @@ def build_parser() -> cli_utils.ArgumentParser:
                    "so their programs are compiled before the first request (each new shape otherwise "
                    "compiles on first use, several seconds on a CPU)")
     return p
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _run(argv: list[str]) -> int:
@@ -65,6 +70,7 @@ def _run(argv: list[str]) -> int:
                              daemon=True).start()
         url = page_lib.serve(page, host=args.host, port=args.port, allowed_paths=[tmp], quiet=True)
         print(f"rsunivlm-app: serving {checkpoint} at {url} (Ctrl+C stops)", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # a terminated server also removes its example files
         page.block_thread()
     return 0
 
