@@ -36,10 +36,10 @@ def test_config_files_resolve_to_their_models(name, experts, tied):
 def test_command_line_overrides_any_field():
     cfg = _load([f"--config={REPO}/configs/rsunivlm_1b_stage2.py", "--config.optim.lr=2e-5",
                  "--config.optim.vision_lr=1e-6", "--config.mesh.shape=(2,-1,1)",
-                 "--config.optim.trainable=('decoder/.*','lm_head/.*')", "--config.init.path=/tmp/s1",
+                 "--config.optim.trainable=('decoder/.*','lm_head/.*')", "--config.init.path=runs/s1",
                  "--config.model.overrides={'decoder': {'rms_norm_eps': 1e-5}}"])
     assert cfg.optim.lr == 2e-5 and cfg.optim.vision_lr == 1e-6 and tuple(cfg.mesh.shape) == (2, -1, 1)
-    assert tuple(cfg.optim.trainable) == ("decoder/.*", "lm_head/.*") and cfg.init.path == "/tmp/s1"
+    assert tuple(cfg.optim.trainable) == ("decoder/.*", "lm_head/.*") and cfg.init.path == "runs/s1"
     assert trainer_lib.model_config_from(cfg.model).decoder.rms_norm_eps == 1e-5
     with pytest.raises((flags.Error, AttributeError, KeyError), match="no_such_field"):
         _load([f"--config={REPO}/configs/tiny_cpu.py", "--config.optim.no_such_field=1"])
