@@ -1,6 +1,6 @@
 """Benchmark: convert a full-size random `rsunivlm-1b` checkpoint (not a test).
 
-Writes a random RSUniVLM-layout checkpoint (SPEC 9.1 key names, bfloat16 like the release,
+Writes a random RSUniVLM-layout checkpoint (the release's key names, bfloat16 like the release,
 1.657 B parameters, V = 151936, untied lm_head, 3 experts) in a few safetensors shards with an
 index, plus config.json, generation_config.json and the real Qwen2 tokenizer files. Then runs
 `python -m rsunivlm_jax.convert` in a child process for each requested --dtype and reports wall

@@ -1,6 +1,6 @@
 """The PyTorch side of the training-step comparison: transformers LLaVA-OneVision, float32 CPU.
 
-    .venv/bin/python -m bench.train_torch --preset llava-onevision-0.5b --steps 2 --out /tmp/torch.json
+    .venv/bin/python -m bench.train_torch --preset llava-onevision-0.5b --steps 2 --out torch.json
     .venv/bin/python -m bench.train_torch --preset tiny --steps 2          # quick check
 
 The same step as `bench.train_step` times in JAX (`rsunivlm_jax.train.step.make_train_step`),

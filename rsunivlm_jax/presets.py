@@ -1,6 +1,6 @@
 """Named model presets: `rsunivlm_jax.presets.get(name)`.
 
-* ``rsunivlm-1b``: the released RSUniVLM checkpoint layout (SPEC 2.3-2.10).
+* ``rsunivlm-1b``: the released RSUniVLM checkpoint layout (docs/architecture.md).
 * ``llava-onevision-0.5b``: the dense base model it was trained from (1 expert, tied head).
 * ``tiny``: a few-layer model for tests and the CPU demo.
 """

@@ -2,7 +2,7 @@
 
 The parity tests (tests/test_model_parity.py) and the converter tests (tests/convert/) build
 tiny random models with transformers, save them with safetensors in one exact key layout
-(SPEC 9.1 / 9.2), convert them with `rsunivlm_jax.convert` and load them with
+(docs/architecture.md, section 5), convert them with `rsunivlm_jax.convert` and load them with
 `rsunivlm_jax.checkpoints.load`.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ def llava_inputs(num_images, seed=3, per_image=(32 // 8) ** 2 + 1):
 
 def llava_ref_logits(model, hf_ids, pixels):
     """Reference logits: batch_num_images=[2] selects the base view + one image_newline per image (the
-    RSUniVLM layout); for one image it makes transformers skip AnyRes tiling (see SPEC 9.2)."""
+    RSUniVLM layout); for one image it makes transformers skip AnyRes tiling."""
     n = pixels.shape[0]
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(hf_ids).long(),
@@ -182,7 +182,7 @@ def qwen2_fields(text) -> dict:
 
 
 def llava_next_tensors(models, *, experts: bool, inv_freq: bool = False) -> dict:
-    """RSUniVLM / LLaVA-NeXT keys (SPEC 9.1) from transformers 5.x LlavaOnevision models.
+    """RSUniVLM / LLaVA-NeXT keys from transformers 5.x LlavaOnevision models.
 
     experts=True: `model.layers.{i}.mlp.{e}.*` from models[e]; else the dense MLPs of models[0].
     Everything else comes from models[0]; no `lm_head.weight` when its config ties the head.
@@ -226,7 +226,7 @@ def llava_next_config(text, vision, *, num_experts: int | None, stored_blocks: i
 
 
 HF_SPELLINGS = {
-    # transformers 5.x in-memory names -> each stored / in-memory spelling of SPEC 9.2
+    # transformers 5.x in-memory names -> each stored / in-memory spelling
     "hf_hub": [("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
                ("model.vision_tower.", "vision_tower.vision_model."), ("model.multi_modal_projector.",
                                                                        "multi_modal_projector."),

@@ -1,4 +1,4 @@
-"""torch checkpoint directory -> rsunivlm_jax checkpoint directory (issue 4; SPEC 9.3).
+"""torch checkpoint directory -> rsunivlm_jax checkpoint directory (rules: docs/architecture.md, section 5).
 
 Order: read config.json and the tensor headers (no data) -> detect the layout -> resolve the
 ModelConfig -> plan every target leaf from the mapping table and check it against

@@ -1,4 +1,4 @@
-"""config.json (+ generation_config.json) -> `ModelConfig` (issue 4, item 3; SPEC 2.3-2.7, 9).
+"""config.json (+ generation_config.json) -> `ModelConfig` (docs/architecture.md).
 
 * Decoder dimensions from the Qwen2 fields: top level for `llava_qwen_gmoe`, `llava_qwen` and
   `qwen2`; `text_config` for transformers `llava_onevision`. Fields a transformers config may omit

@@ -1,8 +1,8 @@
-"""Source checkpoint layouts (SPEC 9.1, 9.2) and their detection from config.json + key names.
+"""Source checkpoint layouts (docs/architecture.md, section 5) and their detection from config.json + key names.
 
 `model_type` picks the family; the key names pick the spelling within it (anchor tensors such as
 `{lm}embed_tokens.weight` must exist). The feed-forward segment is read from the keys too:
-`mlp.{e}.` (RSUniVLM experts), `mlp.experts.{e}.` (proposed HF-style experts, SPEC 9.2) or a
+`mlp.{e}.` (RSUniVLM experts), `mlp.experts.{e}.` (an HF-style spelling for experts) or a
 dense `mlp.`.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ FAMILIES = {
     "siglip": "siglip",
 }
 UNSUPPORTED = {
-    "llava_qwen_moe": "the learned-router MoE variant of LLaVA-NeXT is not RSUniVLM's G-MoE (SPEC 1.1)",
+    "llava_qwen_moe": "the learned-router MoE variant of LLaVA-NeXT is not RSUniVLM's G-MoE",
     "qwen2_moe": "Qwen2-MoE has a learned router; RSUniVLM's experts are routed by task tag",
 }
 

@@ -1,4 +1,4 @@
-"""Image decoding and preprocessing, identical to the reference processor (SPEC 2.2).
+"""Image decoding and preprocessing, identical to the reference processor (docs/architecture.md, section 3).
 
 Counterparts: `SigLipImageProcessor` (`llava/model/multimodal_encoder/siglip_encoder.py`) and
 `process_images` / `expand2square` (`llava/mm_utils.py`, `llava/train/train.py`):

@@ -1,6 +1,6 @@
 """LLaVA-style instruction records (JSON / JSONL + image root): reading, validation, skip counting.
 
-Record schema: docs/CONTRIBUTING_AGENTS.md ("Instruction record schema") and docs/data.md.
+Record schema: docs/data.md.
 Counterpart: `LazySupervisedDataset` in LLaVA-NeXT `llava/train/train.py`, which reads the same
 ``{"id", "image", "conversations"}`` records but validates nothing.
 

@@ -11,7 +11,7 @@ Features per example:
     as JSON, without absolute paths), images: Sequence(bytes), gt_mask: bytes ("" if none).
 
 Reading: `TfdsSource(dir, split)` wraps ``tfds.builder_from_directory(dir).as_data_source(split)``
-(ENVIRONMENT.md 7.4) and returns records with ``image_bytes`` that the pipeline decodes.
+and returns records with ``image_bytes`` that the pipeline decodes.
 """
 from __future__ import annotations
 

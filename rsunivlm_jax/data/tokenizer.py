@@ -1,4 +1,4 @@
-"""Qwen2 byte-level BPE tokenizer, the `qwen_1_5` ChatML template and SPEC 3.3 label masking.
+"""Qwen2 byte-level BPE tokenizer, the `qwen_1_5` ChatML template and training-target masking.
 
 Counterparts in the reference code (LLaVA-NeXT): `conv_templates["qwen_1_5"]` in
 `llava/conversation.py`, `tokenizer_image_token` in `llava/mm_utils.py`, and
@@ -7,7 +7,7 @@ Counterparts in the reference code (LLaVA-NeXT): `conv_templates["qwen_1_5"]` in
 * Built on the `tokenizers` library. `Tokenizer.from_dir` loads ``vocab.json`` + ``merges.txt``
   (+ ``added_tokens.json``) when present, else ``tokenizer.json``. With vocab + merges it adds the
   three Qwen2 specials itself (151643-151645); it does not use a newer added-token table, whose ids
-  from 151646 on collide with ``<image>`` = 151646 (ENVIRONMENT.md 6.2).
+  from 151646 on collide with ``<image>`` = 151646.
 * ``<image>`` is never tokenised: text is split on it and the configured `image_token_id` is
   inserted, one id per image (the model expands it to the visual tokens).
 * Compact vocabulary (tiny models, `rsunivlm_jax.train.data.CompactVocab`): a directory whose
@@ -15,7 +15,7 @@ Counterparts in the reference code (LLaVA-NeXT): `conv_templates["qwen_1_5"]` in
   next to ``tokenizer.json`` gives a tokenizer that speaks the model's row ids: `encode` maps
   tokenizer ids to rows (unseen ids -> the UNK row), `decode` maps rows back. A training run
   directory is such a directory, so predict / eval / the app load it like any checkpoint.
-* Targets (SPEC 3.3): assistant messages, including their ``<|im_start|>assistant\\n`` header and
+* Targets (LLaVA-NeXT `preprocess_qwen`): assistant messages, including their ``<|im_start|>assistant\\n`` header and
   closing ``<|im_end|>\\n``, plus every ``\\n``, ``<|im_start|>`` and ``<|im_end|>`` token anywhere;
   never image placeholders.
 """
@@ -98,7 +98,7 @@ def _add_specials_at(tok: tokenizers.Tokenizer, table: dict[str, int], path: str
 
 @dataclass(frozen=True)
 class Encoded:
-    """A tokenised conversation: ids (images as `image_token_id`), SPEC 3.3 targets, image count."""
+    """A tokenised conversation: ids (images as `image_token_id`), training targets, image count."""
     input_ids: np.ndarray   # int32[L]
     targets: np.ndarray     # bool[L]; True where the token is a training label (before shifting)
     num_images: int
@@ -242,7 +242,7 @@ class Tokenizer:
 
     def encode_conversation(self, conversations: Sequence[dict],
                             add_generation_prompt: bool = False) -> Encoded:
-        """Tokenises a LLaVA conversation (``from``/``value`` turns) with SPEC 3.3 targets.
+        """Tokenises a LLaVA conversation (``from``/``value`` turns) with its training targets.
 
         `preprocess_multimodal`: a turn with exactly one ``<image>`` that does not start with it
         gets the placeholder moved to the front followed by ``\\n``. A leading assistant turn is

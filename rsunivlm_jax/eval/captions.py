@@ -13,7 +13,7 @@
 only when both Java and the package are there.
 
 Keys follow COCOEvalCap: ``Bleu_1 .. Bleu_4``, ``METEOR``, ``ROUGE_L``, ``CIDEr`` (fractions, CIDEr
-on its natural 0-10 scale). See DESIGN.md appendix C and ENVIRONMENT.md section 9.
+on its natural 0-10 scale).
 """
 from __future__ import annotations
 

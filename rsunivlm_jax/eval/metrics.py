@@ -1,4 +1,4 @@
-"""Evaluation metrics of RSUniVLM's non-caption tasks (SPEC.md section 7.2 / 7.3), pure numpy.
+"""Evaluation metrics of RSUniVLM's non-caption tasks, pure numpy.
 
 Every function takes plain Python lists / numpy arrays and returns plain Python numbers and dicts;
 nothing here reads files or knows the record schema (that is `rsunivlm_jax.eval.scoring`).
@@ -40,7 +40,7 @@ def _ratio(num: float, den: float, empty: float | None = 0.0) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 def normalise_answer(text) -> str:
-    """Answer normalisation of SPEC 7.3: NFKC, lower-case, punctuation -> space, single spaces.
+    """Answer normalisation: NFKC, lower-case, punctuation -> space, single spaces.
 
     ``"Yes."`` -> ``"yes"``; ``"Sparse_Residential "`` -> ``"sparse residential"``. Non-strings
     (``None``) normalise to ``""``.

@@ -1,7 +1,7 @@
-"""Scoring of model answers against instruction records, and the trivial baselines (SPEC.md section 7).
+"""Scoring of model answers against instruction records, and the trivial baselines.
 
 `score_task(task, records, answers, root)` turns the answers of one task into metrics, reading the
-ground truth from each record's ``gt`` (schema in docs/CONTRIBUTING_AGENTS.md); masks are PNG files
+ground truth from each record's ``gt`` (schema in docs/data.md); masks are PNG files
 under the data root. `trivial_baselines(task, records, root)` scores the same metrics for answers
 that ignore the image. Both return plain dicts; `rsunivlm_jax.eval.report` writes them out.
 

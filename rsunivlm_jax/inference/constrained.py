@@ -1,7 +1,7 @@
 """Constrained decoding: token-level automata that mask logits so structured answers always parse.
 
 Two grammars over the Qwen2 vocabulary, in the canonical tokenisation that `rsunivlm_jax.tasks`
-text gets from the tokenizer (digits are single tokens, SPEC 3.1):
+text gets from the tokenizer (digits are single tokens):
 
 * `box_constraint` ([VG]): ``[a, b, c, d]`` with integers 0-100 (no leading zeros), ``c >= a`` and
   ``d >= b``; several boxes separated by ``" "``; then an eos id.

@@ -7,7 +7,7 @@ Order per step, as `GenerationMixin._get_logits_processor` builds it:
     TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper   (sampling only)
     argmax (greedy) | categorical draw (sampling)
 
-Before all of them, rows of the logits beyond the tokenizer length are set to -inf (SPEC 5 #5).
+Before all of them, rows of the logits beyond the tokenizer length are set to -inf (the reference drops them).
 The functions work on float32 `[B, V]` logits; the repetition penalty takes a boolean
 `presence [B, V]` ("token already seen") instead of the id history, which is equivalent.
 """

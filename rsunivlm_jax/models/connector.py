@@ -1,7 +1,7 @@
 """The `mlp2x_gelu` projector (LLaVA `mm_projector`; transformers `LlavaOnevisionMultiModalProjector`).
 
 Linear(Dv -> D), exact erf GELU, Linear(D -> D), plus the learned `image_newline` vector that
-RSUniVLM appends once after each image's patch tokens (SPEC 2.4, 2.5.1).
+RSUniVLM appends once after each image's patch tokens (730 positions per image).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """SigLIP vision tower (transformers `SiglipVisionTransformer`, no attention-pool head).
 
 RSUniVLM keeps 26 of so400m's 27 blocks and reads features before `post_layernorm`
-(SPEC 2.3). The post-LN parameters stay in the tree so conversion is lossless.
+(docs/architecture.md). The post-LN parameters stay in the tree so conversion is lossless.
 
 Glossary: B images, P patch size, N = (S/P)^2 patches, C channels, D width.
 """

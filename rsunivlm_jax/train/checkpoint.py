@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run (DESIGN section 9).
+"""Orbax checkpoints of a training run.
 
 Layout (one Orbax `CheckpointManager` under `<workdir>/checkpoints`)::
 

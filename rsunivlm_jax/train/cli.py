@@ -1,6 +1,6 @@
 """`rsunivlm-train`: train or resume a run from an ml-collections config file.
 
-    rsunivlm-train --config configs/tiny_cpu.py --workdir /tmp/tiny
+    rsunivlm-train --config configs/tiny_cpu.py --workdir runs/tiny
     rsunivlm-train --config configs/rsunivlm_1b_stage2.py --workdir runs/s2 \\
         --config.init.path=runs/s1 --config.optim.lr=1e-5 --config.train.global_batch=128
 

@@ -1,6 +1,6 @@
 """Training metrics: model FLOPs and MFU, JSONL + TensorBoard writers, a tqdm progress bar.
 
-FLOP formula (model FLOPs, MaxText convention: remat recomputation is not counted; DESIGN B.2/B.4)
+FLOP formula (model FLOPs, MaxText convention: remat recomputation is not counted)
 for one example with T text tokens and n images, L = T + n (P - 1) decoder positions (static,
 padded shapes, i.e. the work the step does):
 
@@ -22,7 +22,7 @@ padded shapes, i.e. the work the step does):
 For the released RSUniVLM this gives, per decoder position, 6 x (44.1 M attention + 313.8 M one
 expert) params = 2.15 GFLOP plus 6 x 136.1 M = 0.82 GFLOP per text token for the head, plus
 6 x 24 x 896 x L for causal attention, and ~1.75 TFLOP per trained 384x384 image for the vision
-tower (SPEC 2.10, DESIGN B.4).
+tower (parameter counts: docs/architecture.md).
 
 MFU = model FLOPs per step / (step time x peak FLOP/s per device x devices).
 """
@@ -42,7 +42,7 @@ from rsunivlm_jax.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s per chip (DESIGN B.1). Matched as substrings of `device.device_kind`.
+# Dense bf16 peak FLOP/s per chip (vendor figures). Matched as substrings of `device.device_kind`.
 PEAK_FLOPS = {
     "TPU v6 lite": 918e12, "TPU v6e": 918e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
     "TPU v4": 275e12, "H200": 989.4e12, "H100": 989.4e12, "A100": 312e12,

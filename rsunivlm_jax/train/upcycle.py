@@ -1,7 +1,7 @@
 """Stage 1 (dense) -> stage 2 (G-MoE) parameters: copy each layer's MLP into every expert.
 
-The RSUniVLM authors initialised stage 2 from the "stage-1 model weights" (SPEC 6.1); how the
-experts were initialised is not published (SPEC 6.2). We up-cycle (SPEC 6.3 step 2): the dense
+The RSUniVLM authors initialised stage 2 from the "stage-1 model weights"; how the
+experts were initialised is not published. We up-cycle: the dense
 SwiGLU MLP of every decoder layer is copied into experts 0..E-1, so the stage-2 model computes
 exactly the stage-1 function for every granularity until training separates the experts.
 

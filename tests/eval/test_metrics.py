@@ -1,4 +1,4 @@
-"""Metrics, caption metrics, scoring and reports against hand-computed values (SPEC.md section 7)."""
+"""Metrics, caption metrics, scoring and reports against hand-computed values."""
 import json
 import shutil
 

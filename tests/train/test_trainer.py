@@ -73,7 +73,7 @@ def test_too_many_nonfinite_steps_stop_with_the_last_good_checkpoint(tmp_path):
 def test_flop_formula_matches_hand_count_for_rsunivlm_1b():
     cfg = rs.presets.get("rsunivlm-1b")
     p = metrics_lib.matmul_params(cfg)
-    # DESIGN B.4: 44.1 M attention + 313.8 M one expert per position; lm_head 136.1 M.
+    # Per position: 44.1 M attention + 313.8 M one expert per position; lm_head 136.1 M.
     assert p["decoder"] == 24 * (896 * 896 * 2 + 2 * 896 * 128 + 3 * 896 * 4864)
     assert round(p["decoder"] / 1e6, 1) == 357.8 and round(p["lm_head"] / 1e6, 1) == 136.1
     assert 0.39e9 < p["vision"] < 0.41e9  # ~0.4 B (SigLIP so400m, 26 blocks)
