@@ -100,6 +100,15 @@ def base_config() -> config_dict.ConfigDict:
                         r"connector/image_newline")
     c.optim.expert_update = "selected"          # "selected": unrouted experts keep weights and moments
 
+    # LoRA (rsunivlm_jax.lora, docs/finetune.md): rank > 0 trains adapters on a frozen base instead.
+    c.lora = config_dict.ConfigDict()
+    c.lora.rank = 0                             # 0: full fine-tuning
+    c.lora.alpha = 32.0                         # update scale alpha / rank (alpha / sqrt(rank) with use_rslora)
+    c.lora.dropout = 0.0                        # on the adapters' input (expert adapters take none)
+    c.lora.targets = ("attention", "experts", "connector")  # groups, module names or path regexes
+    c.lora.use_rslora = False
+    c.lora.base_dtype = placeholder(str)        # dtype the frozen base is held in; None: model.param_dtype
+
     c.train = config_dict.ConfigDict()
     c.train.steps = 1000
     c.train.global_batch = 32
