@@ -103,10 +103,12 @@ class Case:
     rules: str
     tensor: int
     per_shard_batch: int  # rows per batch shard (data x fsdp devices); global = this x batch shards
+    max_fsdp: int = 0     # cap on the fsdp axis (0: none); the rest goes to data (e.g. 8 = FSDP inside a node)
 
     @property
     def key(self) -> str:
-        return f"{self.stage}/{self.devices}/{self.rules}/t{self.tensor}/b{self.per_shard_batch}"
+        cap = f"/f{self.max_fsdp}" if self.max_fsdp else ""
+        return f"{self.stage}/{self.devices}/{self.rules}/t{self.tensor}{cap}/b{self.per_shard_batch}"
 
 
 def load_config(stage: str, overrides: Mapping[str, Any] | None = None):
@@ -136,9 +138,10 @@ def sharded_sizes(rules: Mapping[str, Any], state) -> dict[str, int]:
     return out
 
 
-def mesh_shape_for(model_config, devices: int, rules: str, tensor: int = 1) -> tuple[int, int, int]:
+def mesh_shape_for(model_config, devices: int, rules: str, tensor: int = 1, max_fsdp: int = 0) -> tuple[int, int, int]:
     """(data, fsdp, tensor) for `devices`: tensor as asked (fsdp rules: 1), fsdp the largest power of
-    two that divides every FSDP-sharded dimension and the remaining devices, data the rest."""
+    two that divides every FSDP-sharded dimension and the remaining devices (at most `max_fsdp`
+    when given), data the rest."""
     import rsunivlm_jax as rs
     from rsunivlm_jax import sharding as shd
     _, state = rs.functional.abstract_model(model_config)
@@ -147,6 +150,7 @@ def mesh_shape_for(model_config, devices: int, rules: str, tensor: int = 1) -> t
     if devices % tensor:
         raise ValueError(f"{devices} devices are not divisible by tensor={tensor}")
     limit = sharded_sizes(r, state).get("fsdp", devices)
+    limit = math.gcd(limit, max_fsdp) if max_fsdp else limit
     rest = devices // tensor
     fsdp = 1
     while rest % (fsdp * 2) == 0 and limit % (fsdp * 2) == 0:
@@ -388,7 +392,7 @@ def run_case(case: Case, devices: list, backend: str, overrides: Mapping[str, An
 
     cfg = load_config(case.stage, overrides)
     model = trainer_lib.model_config_from(cfg.model)
-    shape = mesh_shape_for(model, case.devices, case.rules, case.tensor)
+    shape = mesh_shape_for(model, case.devices, case.rules, case.tensor, case.max_fsdp)
     mesh = shd.make_mesh(shape, devices=devices)
     rules = shd.get_rules(case.rules)
     batch_axes = rules["batch"] if isinstance(rules["batch"], tuple) else (rules["batch"],)
@@ -542,9 +546,9 @@ def child_main(args) -> int:
 
 
 def plan(stages: Iterable[str], devices: Iterable[int], rules: Iterable[str], batches: Iterable[int],
-         tensor: int) -> list[Case]:
-    return [Case(s, n, r, tensor if r != "fsdp" else 1, b) for n in devices for s in stages for r in rules
-            for b in batches]
+         tensor: int, max_fsdp: int = 0) -> list[Case]:
+    return [Case(s, n, r, tensor if r != "fsdp" else 1, b, max_fsdp) for n in devices for s in stages
+            for r in rules for b in batches]
 
 
 def run_children(cases: Sequence[Case], backend: str, targets: Sequence[str | None], timeout: float,
@@ -666,32 +670,46 @@ def _load(path: str) -> list[dict]:
     return results
 
 
+_OOM = re.compile(r"HLO temporaries \(([\d.]+\s*[KMGT]i?B?)\)")  # the TPU compiler's refusal
+
+
+def _bytes(text: str) -> float:
+    """'17.37G' (XLA's sizes are binary) -> bytes."""
+    m = re.match(r"([\d.]+)\s*([KMGT]?)", text)
+    return float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+
+
+def _rules_label(case: Mapping) -> str:
+    return case["rules"] + (f", fsdp <= {case['max_fsdp']}" if case.get("max_fsdp") else "")
+
+
 def _group_key(r: Mapping) -> tuple:
     c = r["case"]
-    return c["stage"], c["devices"], c["rules"], c["tensor"]
+    return c["stage"], c["devices"], c["rules"], c["tensor"], c.get("max_fsdp", 0)
 
 
 def report(cpu: Sequence[dict], tpu: Sequence[dict]) -> str:
     """Markdown tables: per-device memory and collectives, roofline per target, largest batch."""
     ok = [r for r in cpu if "error" not in r]
     tpu_by_key = {r["key"]: r for r in tpu if "error" not in r}
+    tpu_oom = {r["key"]: m.group(1) for r in tpu if "error" in r and (m := _OOM.search(r["error"]))}
     g = lambda x: f"{x / GIB:.2f}"  # noqa: E731
     gb = lambda x: f"{x / 1e9:.1f}"  # noqa: E731
     lines = ["| stage | devices | mesh (data x fsdp x tensor) | rules | global batch | params | AdamW moments | "
              "gradients | temporaries | peak (XLA:CPU) | peak (TPU v5e compiler) | all-gather | "
              "reduce (all-reduce + reduce-scatter) | all-gather / reduce on v5e | compile (CPU) |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(ok, key=lambda r: (r["case"]["stage"], r["case"]["devices"], r["case"]["rules"],
-                                        r["global_batch"])):
+    for r in sorted(ok, key=lambda r: (_group_key(r), r["global_batch"])):
         c, m, col = r["computed"], r["memory"], r["collectives"]
         t = tpu_by_key.get(r["key"])
-        tpu_peak = g(t["memory"]["peak_bytes"]) if t else "-"
+        tpu_peak = g(t["memory"]["peak_bytes"]) if t else (
+            f"refused: temporaries {tpu_oom[r['key']]}" if r["key"] in tpu_oom else "-")
         tpu_coll = (f"{gb(t['collectives']['all-gather']['wire_bytes'])} / "
                     f"{gb(t['collectives']['all-reduce']['wire_bytes'] + t['collectives']['reduce-scatter']['wire_bytes'])}"
                     if t else "-")
         mesh = " x ".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
         red = col["all-reduce"]["wire_bytes"] + col["reduce-scatter"]["wire_bytes"]
-        lines.append(f"| {r['case']['stage']} | {r['case']['devices']} | {mesh} | {r['case']['rules']} | "
+        lines.append(f"| {r['case']['stage']} | {r['case']['devices']} | {mesh} | {_rules_label(r['case'])} | "
                      f"{r['global_batch']} | {g(c['params'])} | {g(c['opt_state'])} | {g(c['gradients'])} | "
                      f"{g(m['temp_size_in_bytes'])} | {g(m['peak_bytes'])} | {tpu_peak} | "
                      f"{gb(col['all-gather']['wire_bytes'])} | {gb(red)} | {tpu_coll} | {r['compile_s']:.0f} s |")
@@ -700,16 +718,18 @@ def report(cpu: Sequence[dict], tpu: Sequence[dict]) -> str:
     names = list(TARGETS)
     lines += ["| stage | devices | rules | global batch | " + " | ".join(
         f"{TARGETS[n].name}: step, MFU" for n in names) + " |", "|---|---:|---|---:|" + "---:|" * len(names)]
-    for r in sorted(ok, key=lambda r: (r["case"]["stage"], r["case"]["devices"], r["case"]["rules"],
-                                        r["global_batch"])):
+    for r in sorted(ok, key=lambda r: (_group_key(r), r["global_batch"])):
         cells = []
         for n in names:
+            if n == "tpu-v5e" and r["key"] in tpu_oom:
+                cells.append("refused by the TPU compiler")
+                continue
             src = tpu_by_key.get(r["key"]) if n == "tpu-v5e" and r["key"] in tpu_by_key else r
             src = dict(src, params_active=r["params_active"]) if "params_active" not in src else src
             rf = roofline(src, TARGETS[n])
             fit = "" if rf["fits"] else " (does not fit)"
             cells.append(f"{rf['step_s'] * 1e3:.0f} ms {rf['bound'][:4]}, {rf['mfu']:.0%}{fit}")
-        lines.append(f"| {r['case']['stage']} | {r['case']['devices']} | {r['case']['rules']} | {r['global_batch']} | "
+        lines.append(f"| {r['case']['stage']} | {r['case']['devices']} | {_rules_label(r['case'])} | {r['global_batch']} | "
                      + " | ".join(cells) + " |")
     lines += ["", "Roofline: max(model FLOPs / peak, estimated HBM bytes / bandwidth, collective bytes / link "
               "bandwidth); bound: comp(ute), hbm, coll(ectives). TPU v5e uses the TPU compiler's program where it "
@@ -720,6 +740,13 @@ def report(cpu: Sequence[dict], tpu: Sequence[dict]) -> str:
     tgroups: dict[tuple, list[dict]] = {}
     for r in tpu_by_key.values():
         tgroups.setdefault(_group_key(r), []).append(r)
+    for r in tpu:  # a refused compile is a point too: the temporaries it asked for + the arguments
+        if r["key"] in tpu_oom and tgroups.get(_group_key(r)):
+            ref = tgroups[_group_key(r)][0]["memory"]
+            need = _bytes(tpu_oom[r["key"]]) + ref["peak_bytes"] - ref["temp_size_in_bytes"]
+            shards = tgroups[_group_key(r)][0]["global_batch"] // tgroups[_group_key(r)][0]["case"]["per_shard_batch"]
+            tgroups[_group_key(r)].append({"case": r["case"], "memory": {"peak_bytes": need},
+                                           "global_batch": r["case"]["per_shard_batch"] * shards})
     lines += ["| stage | devices | rules | " + " | ".join(f"largest global batch, {TARGETS[n].name}" for n in names)
               + " |", "|---|---:|---|" + "---:|" * len(names)]
     for key in sorted(groups):
@@ -730,7 +757,8 @@ def report(cpu: Sequence[dict], tpu: Sequence[dict]) -> str:
             tag = "" if not fit else (" (extrapolated)" if fit.get("extrapolated") else "")
             src = " TPU" if n == "tpu-v5e" and pts is not groups[key] else ""
             cells.append(f"{fit['global_batch'] if fit else '-'}{tag}{src}")
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+        label = key[2] + (f", fsdp <= {key[4]}" if key[4] else "")
+        lines.append(f"| {key[0]} | {key[1]} | {label} | " + " | ".join(cells) + " |")
     failed = [r for r in list(cpu) + list(tpu) if "error" in r]
     if failed:
         lines += ["", "Did not compile:", ""] + [f"* {r['backend']} {r['key']}: {r['error']}" for r in failed]
@@ -757,6 +785,8 @@ def main(argv=None) -> int:
                         help="stage1, stage2 (the rsunivlm-1b recipe) or any configs/ module[:arg], e.g. tiny_cpu:stage2")
     parser.add_argument("--rules", default="fsdp,fsdp_tensor", type=_names(RULES))
     parser.add_argument("--tensor", type=int, default=4, help="tensor-axis size for fsdp_tensor")
+    parser.add_argument("--max-fsdp", type=int, default=0,
+                        help="cap on the fsdp axis, the rest is data parallel (8: FSDP inside 8-GPU nodes)")
     parser.add_argument("--batches", default="1,2", type=_ints,
                         help="rows per batch shard (global batch = this x data x fsdp devices)")
     parser.add_argument("--targets", default="tpu-v5e", type=_names(("tpu-v5e",)),
@@ -779,8 +809,8 @@ def main(argv=None) -> int:
     if args.report:
         print(report(_load(os.path.join(RESULTS_DIR, "scale_cpu.json")), _load(os.path.join(RESULTS_DIR, "scale_tpu.json"))))
         return 0
-    if args.tensor < 1:
-        parser.error(f"--tensor {args.tensor}: expected >= 1")
+    if args.tensor < 1 or args.max_fsdp < 0:
+        parser.error(f"--tensor {args.tensor} / --max-fsdp {args.max_fsdp}: expected >= 1 / >= 0")
     overrides = {}
     for item in args.override:
         key, sep, value = item.partition("=")
@@ -796,7 +826,7 @@ def main(argv=None) -> int:
         except ImportError:
             parser.error("--backend tpu needs the libtpu package (pip install libtpu matching jax[tpu])")
     targets = args.targets if args.backend == "tpu" else [None]
-    cases = plan(args.stages, args.devices, args.rules, args.batches, args.tensor)
+    cases = plan(args.stages, args.devices, args.rules, args.batches, args.tensor, args.max_fsdp)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     log(f"{len(cases) * len(targets)} compilations on the {args.backend} backend")
     t0 = time.perf_counter()

@@ -66,6 +66,8 @@ def test_pure_256_way_fsdp_is_refused_for_the_1b_model():
     with pytest.raises(ValueError, match=r"decoder/embed_tokens/embedding: dim 1 \(size 896"):
         shd.validate(state, AbstractMesh((1, 256, 1), shd.MESH_AXES), shd.get_rules("fsdp"))
     assert scale.mesh_shape_for(rs.presets.get("rsunivlm-1b"), 256, "fsdp") == (2, 128, 1)
+    assert scale.mesh_shape_for(rs.presets.get("rsunivlm-1b"), 64, "fsdp", max_fsdp=8) == (8, 8, 1)  # per node
+    assert scale.mesh_shape_for(rs.presets.get("rsunivlm-1b"), 64, "fsdp_tensor", tensor=4) == (1, 16, 4)
 
 
 HLO = """HloModule m
