@@ -704,9 +704,9 @@ def report(cpu: Sequence[dict], tpu: Sequence[dict]) -> str:
         t = tpu_by_key.get(r["key"])
         tpu_peak = g(t["memory"]["peak_bytes"]) if t else (
             f"refused: temporaries {tpu_oom[r['key']]}" if r["key"] in tpu_oom else "-")
-        tpu_coll = (f"{gb(t['collectives']['all-gather']['wire_bytes'])} / "
-                    f"{gb(t['collectives']['all-reduce']['wire_bytes'] + t['collectives']['reduce-scatter']['wire_bytes'])}"
-                    if t else "-")
+        tc = t["collectives"] if t else None
+        tpu_coll = (f"{gb(tc['all-gather']['wire_bytes'])} / "
+                    f"{gb(tc['all-reduce']['wire_bytes'] + tc['reduce-scatter']['wire_bytes'])}" if t else "-")
         mesh = " x ".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
         red = col["all-reduce"]["wire_bytes"] + col["reduce-scatter"]["wire_bytes"]
         lines.append(f"| {r['case']['stage']} | {r['case']['devices']} | {mesh} | {_rules_label(r['case'])} | "
@@ -729,8 +729,8 @@ def report(cpu: Sequence[dict], tpu: Sequence[dict]) -> str:
             rf = roofline(src, TARGETS[n])
             fit = "" if rf["fits"] else " (does not fit)"
             cells.append(f"{rf['step_s'] * 1e3:.0f} ms {rf['bound'][:4]}, {rf['mfu']:.0%}{fit}")
-        lines.append(f"| {r['case']['stage']} | {r['case']['devices']} | {_rules_label(r['case'])} | {r['global_batch']} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {r['case']['stage']} | {r['case']['devices']} | {_rules_label(r['case'])} | "
+                     f"{r['global_batch']} | " + " | ".join(cells) + " |")
     lines += ["", "Roofline: max(model FLOPs / peak, estimated HBM bytes / bandwidth, collective bytes / link "
               "bandwidth); bound: comp(ute), hbm, coll(ectives). TPU v5e uses the TPU compiler's program where it "
               "was compiled, the others the XLA:CPU program.", ""]
@@ -782,7 +782,7 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="cpu", choices=("cpu", "tpu"))
     parser.add_argument("--devices", default="8,64,256", type=_ints, help="device counts (comma-separated)")
     parser.add_argument("--stages", default="stage1,stage2", type=_stages,
-                        help="stage1, stage2 (the rsunivlm-1b recipe) or any configs/ module[:arg], e.g. tiny_cpu:stage2")
+                        help="stage1, stage2 (the rsunivlm-1b recipe) or a configs/ module[:arg], e.g. tiny_cpu:stage2")
     parser.add_argument("--rules", default="fsdp,fsdp_tensor", type=_names(RULES))
     parser.add_argument("--tensor", type=int, default=4, help="tensor-axis size for fsdp_tensor")
     parser.add_argument("--max-fsdp", type=int, default=0,
@@ -807,7 +807,8 @@ def main(argv=None) -> int:
         args.devices = args.devices[0]
         return child_main(args)
     if args.report:
-        print(report(_load(os.path.join(RESULTS_DIR, "scale_cpu.json")), _load(os.path.join(RESULTS_DIR, "scale_tpu.json"))))
+        print(report(_load(os.path.join(RESULTS_DIR, "scale_cpu.json")),
+                     _load(os.path.join(RESULTS_DIR, "scale_tpu.json"))))
         return 0
     if args.tensor < 1 or args.max_fsdp < 0:
         parser.error(f"--tensor {args.tensor} / --max-fsdp {args.max_fsdp}: expected >= 1 / >= 0")

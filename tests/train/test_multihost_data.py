@@ -36,7 +36,8 @@ def _take(it, n):
 
 
 def _rows(batch) -> list[bytes]:
-    return [batch["input_ids"][i].tobytes() + batch["pixel_values"][i].tobytes() for i in range(len(batch["input_ids"]))]
+    ids, px = batch["input_ids"], batch["pixel_values"]
+    return [ids[i].tobytes() + px[i].tobytes() for i in range(len(ids))]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,8 @@ def test_two_processes_assemble_global_batches_and_resume_every_iterator(tmp_pat
         assert r["resumed_equals_continued"] == [True] * 2
         assert r["local_rows"] == GLOBAL // 2
     ckpt = tmp_path / "run" / "3" / "data_iter"
-    assert sorted(f for f in os.listdir(ckpt) if f.startswith("process_")) == ["process_0-of-2.json", "process_1-of-2.json"]
+    files = sorted(f for f in os.listdir(ckpt) if f.startswith("process_"))
+    assert files == ["process_0-of-2.json", "process_1-of-2.json"]
     states = [json.loads((ckpt / f"process_{i}-of-2.json").read_text()) for i in range(2)]
     assert [st["index"] for st in states] == [3, 3]  # each process's iterator, 3 batches in
 
@@ -146,8 +148,9 @@ def child(argv=None) -> None:
     seen = [global_rows(next(it)) for _ in range(3)]
     rep = NamedSharding(mesh, P())
     zero = jax.device_put(jnp.zeros((), jnp.int32), rep)
-    state = step_lib.TrainState(step=zero, params={"w": jax.device_put(jnp.arange(4.0), NamedSharding(mesh, P("fsdp")))},
-                                opt_state={}, opt_step=zero, nonfinite_total=zero, nonfinite_run=zero)
+    w = jax.device_put(jnp.arange(4.0), NamedSharding(mesh, P("fsdp")))
+    state = step_lib.TrainState(step=zero, params={"w": w}, opt_state={}, opt_step=zero, nonfinite_total=zero,
+                                nonfinite_run=zero)
     ckpt = ckpt_lib.Checkpointer(args.workdir, async_save=False)
     ckpt.save(3, state, data_iter=it, force=True)
     ckpt.wait()
