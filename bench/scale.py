@@ -497,22 +497,23 @@ def roofline(result: Mapping, target: Target) -> dict:
 
 
 def max_batch_that_fits(results: Sequence[Mapping], capacity: float) -> dict | None:
-    """Largest global batch whose per-device peak stays under `capacity`, from a straight line
-    through the compiled batches (peak = a + b x per-shard batch). None without two points."""
+    """Largest global batch whose per-device peak stays under `capacity`. When a compiled batch
+    does not fit, the largest compiled one that does (peaks need not be linear in the batch: the
+    compiler's schedule changes); when all fit, a straight line through the two largest
+    (peak = fixed + per-row x rows) extrapolates. None without results."""
     pts = sorted((r["case"]["per_shard_batch"], r["memory"]["peak_bytes"], r["global_batch"]) for r in results)
     if not pts:
         return None
     shards = pts[0][2] // pts[0][0]
     fits = [p for p in pts if p[1] <= capacity]
-    if len(pts) < 2:
-        return {"global_batch": fits[-1][2] if fits else 0, "extrapolated": False}
-    (b0, m0, _), (b1, m1, _) = pts[0], pts[-1]
+    if len(fits) < len(pts) or len(pts) < 2:
+        best = fits[-1][0] if fits else 0
+        return {"global_batch": best * shards, "per_shard_batch": best, "extrapolated": False}
+    (b0, m0, _), (b1, m1, _) = pts[-2], pts[-1]
     slope = (m1 - m0) / (b1 - b0)
-    if slope <= 0:
-        return {"global_batch": pts[-1][2], "extrapolated": False}
-    best = int((capacity - (m0 - slope * b0)) // slope)
-    return {"global_batch": max(best, 0) * shards, "per_shard_batch": max(best, 0),
-            "extrapolated": best > b1, "bytes_per_row": slope / 1, "fixed_bytes": m0 - slope * b0}
+    best = b1 if slope <= 0 else max(int((capacity - (m1 - slope * b1)) // slope), b1)
+    return {"global_batch": best * shards, "per_shard_batch": best, "extrapolated": best > b1,
+            "bytes_per_row": slope, "fixed_bytes": m1 - slope * b1}
 
 
 # ---- driver ------------------------------------------------------------------------------------

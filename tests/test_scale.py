@@ -121,6 +121,10 @@ def test_largest_batch_from_a_line_through_two_compiles():
     fit = scale.max_batch_that_fits(rows, 16 * gib)  # 2 + 3 b <= 16 -> b = 4
     assert fit["per_shard_batch"] == 4 and fit["global_batch"] == 256 and fit["extrapolated"]
     assert scale.max_batch_that_fits(rows, 4 * gib)["global_batch"] == 0
+    # a compiled batch that does not fit: the largest compiled one that does, no line
+    rows.append({"case": {"per_shard_batch": 4}, "global_batch": 256, "memory": {"peak_bytes": 40 * gib}})
+    fit = scale.max_batch_that_fits(rows, 16 * gib)
+    assert fit["global_batch"] == 128 and not fit["extrapolated"]
 
 
 def test_roofline_picks_the_binding_term():
