@@ -300,7 +300,7 @@ class Demo:
             training_rows=[(s, training[s]["steps"], training[s]["final_train_loss"],
                             training[s]["final_heldout_loss"], step_s[s]) for s in config_lib.DEMO_STAGES],
             pictures={"curves": "loss_curves.png", "gallery": "gallery.png"},
-            timings={k: v for k, v in self._timings().items() if k in STAGES},
+            timings={k: t for k in STAGES if (t := self._timings().get(k)) is not None},
             files=[*(src for m in MODELS for src in payload["sources"][m].values()),
                    *(p.rel(p.eval_dir(CONTROL, t) / "metrics.json") for t in payload["control_shuffled_images"]),
                    "metrics.json (all numbers above, with their source files)"])
