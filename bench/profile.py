@@ -432,7 +432,7 @@ def build_train(args):
     opt = optim.make_optimizer(spec, abstract)
     state = jax.eval_shape(lambda p: step_lib.init_state(p, opt), abstract)
     fn = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=cfg.gmoe.num_experts,
-                                          dispatch=cfg.gmoe.dispatch, model_config=cfg), donate_argnums=(0,))
+                                          model_config=cfg, homogeneous_batches=True), donate_argnums=(0,))
     src = data_lib.RandomBatches(cfg, global_batch=1, text_len=text_len, num_images=args.images,
                                  process_index=0, process_count=1)
     batch = {k: jax.ShapeDtypeStruct(v.shape, jnp.asarray(v).dtype) for k, v in src.batch(0).items()}

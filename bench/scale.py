@@ -206,7 +206,7 @@ def gradient_bytes(tr, state) -> int:
     from rsunivlm_jax.train import optim
     e = tr.model.gmoe.num_experts
     c = tr.config
-    sliced = e > 1 and c.model.dispatch == "grouped" and c.optim.expert_update == "selected"
+    sliced = e > 1 and c.data.grouping == "granularity" and c.optim.expert_update == "selected"
     axes = optim.expert_axes(state.params, e)
     total = 0
     for (path, x), ax in zip(jax.tree_util.tree_flatten_with_path(state.params)[0], jax.tree.leaves(axes)):

@@ -71,7 +71,7 @@ def jitted_step(cfg, graphdef, params, optimizer: str):
     spec = optim.OptimSpec(total_steps=1000, lr=1e-5, name=optimizer, weight_decay=0.0, clip=1.0)
     opt = optim.make_optimizer(spec, params)
     fn = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=cfg.gmoe.num_experts,
-                                          dispatch=cfg.gmoe.dispatch, model_config=cfg), donate_argnums=(0,))
+                                          model_config=cfg, homogeneous_batches=True), donate_argnums=(0,))
     return fn, step_lib.init_state(params, opt)
 
 

@@ -8,8 +8,8 @@ learning rate for every part (`mm_projector_lr = mm_vision_tower_lr = null`), bf
 layout (3 experts per layer, untied `lm_head`).
 Chosen here (assumptions, docs/training.md): the experts are up-cycled by copying each stage-1 MLP
 into experts 0, 1, 2 (and the tied head into `lm_head`), so training starts from the stage-1
-function; batches are homogeneous in granularity ("grouped" dispatch, what the released forward
-supports); LR 1e-5, AdamW, no weight decay, cosine with 3 % warm-up, clipping 1.0, global batch 64,
+function; batches are homogeneous in granularity (one expert per batch, what the released forward
+supports; the step updates that expert's slice only); LR 1e-5, AdamW, no weight decay, cosine with 3 % warm-up, clipping 1.0, global batch 64,
 one epoch (18,750 steps); an expert that no example of a batch was routed to is left untouched
 (weights and Adam moments), like PyTorch's AdamW skipping parameters without gradients.
 """
@@ -23,7 +23,7 @@ def get_config(arg=None):
     c.model.preset = "rsunivlm-1b"            # 3 experts, untied head
     c.model.dtype = "bfloat16"
     c.model.remat_policy = "dots"           # no remat keeps ~12 GB of fp32 activations per 1k-token sequence
-    c.model.dispatch = "grouped"
+    c.model.dispatch = "auto"
     c.init.mode = "upcycle"                   # --config.init.path=<stage-1 workdir>
     c.init.source_preset = "llava-onevision-0.5b"
     c.optim.lr = 1e-5

@@ -45,5 +45,5 @@ def get_config(arg=None):
     c.eval.batches = 4
     if stage == "stage2":
         c.init.mode = "upcycle"
-        c.model.dispatch = "grouped"
+        c.model.dispatch = "auto"
     return c

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-DISPATCH_MODES = ("grouped", "dense_mask")
+DISPATCH_MODES = ("auto", "dense_mask", "ragged", "gather")  # see rsunivlm_jax.routing
 REMAT_POLICIES = ("none", "full", "dots")
+RUNTIME_FIELDS = ("dtype", "remat_policy", "attention_causal_blocks", "gmoe_dispatch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,20 @@ class GMoEConfig:
     """Granularity-oriented MoE: E stacked SwiGLU experts per layer (E=1 = dense)."""
 
     num_experts: int = 3
-    dispatch: str = "grouped"  # "grouped" (one expert per batch) or "dense_mask" (per example)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How the model computes. Nothing here changes the parameters, so a checkpoint's identity
+    (`ModelConfig.architecture()`) leaves it out and any of it may change between runs."""
+
+    dtype: str = "float32"  # compute dtype; norms, softmax and logits stay float32
+    remat_policy: str = "none"
+    # Decoder self-attention in this many causal query blocks, each over the keys up to its end
+    # (the masked upper triangle is skipped; same values). The decoder mask must be lower-triangular,
+    # as transformers' Qwen2 always makes it; 1 computes the full square and honours any mask.
+    attention_causal_blocks: int = 2
+    gmoe_dispatch: str = "auto"  # G-MoE strategy for mixed batches (rsunivlm_jax.routing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +102,11 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = (151645, 151643)
     tokenizer_vocab_size: int = 151647  # rows >= this are never produced by the tokenizer
     param_dtype: str = "float32"
-    dtype: str = "float32"  # compute dtype; norms, softmax and logits stay float32
-    remat_policy: str = "none"
-    # Decoder self-attention in this many causal query blocks, each over the keys up to its end
-    # (the masked upper triangle is skipped; same values). The decoder mask must be lower-triangular,
-    # as transformers' Qwen2 always makes it; 1 computes the full square and honours any mask.
-    attention_causal_blocks: int = 2
+    runtime: RuntimeConfig = RuntimeConfig()
 
     def __post_init__(self):
-        if self.gmoe.dispatch not in DISPATCH_MODES:
-            raise ValueError(f"gmoe.dispatch={self.gmoe.dispatch!r}; expected one of {DISPATCH_MODES}")
+        if self.gmoe_dispatch not in DISPATCH_MODES:
+            raise ValueError(f"gmoe_dispatch={self.gmoe_dispatch!r}; expected one of {DISPATCH_MODES}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         if self.attention_causal_blocks < 1:
@@ -109,13 +118,21 @@ class ModelConfig:
         if self.decoder.num_attention_heads % self.decoder.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
 
+    # Runtime settings read through the config (they live in `runtime`).
+    dtype = property(lambda self: self.runtime.dtype)
+    remat_policy = property(lambda self: self.runtime.remat_policy)
+    attention_causal_blocks = property(lambda self: self.runtime.attention_causal_blocks)
+    gmoe_dispatch = property(lambda self: self.runtime.gmoe_dispatch)
+
     @property
     def tokens_per_image(self) -> int:
         """LLM positions per image: patch tokens plus one `image_newline`."""
         return self.vision.num_patches + int(self.connector.use_image_newline)
 
     def replace(self, **kwargs) -> "ModelConfig":
-        """Returns a copy; nested parts accept dicts, e.g. `replace(gmoe={'dispatch': 'dense_mask'})`."""
+        """Returns a copy; nested parts accept dicts, e.g. `replace(gmoe={'num_experts': 1})`;
+        runtime fields may be given directly, e.g. `replace(dtype='bfloat16', gmoe_dispatch='ragged')`."""
+        kwargs = _lift_runtime(kwargs)
         parts = {}
         for key, value in kwargs.items():
             current = getattr(self, key)
@@ -127,13 +144,41 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def architecture(self) -> dict[str, Any]:
+        """The fields that define the parameters: a checkpoint's identity (runtime left out)."""
+        d = self.to_dict()
+        d.pop("runtime")
+        d["eos_token_ids"] = list(d["eos_token_ids"])
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        d = dict(d)
-        sub = {"vision": VisionConfig, "connector": ConnectorConfig, "decoder": DecoderConfig, "gmoe": GMoEConfig}
+        d = _lift_runtime(dict(d))
+        sub = {"vision": VisionConfig, "connector": ConnectorConfig, "decoder": DecoderConfig, "gmoe": GMoEConfig,
+               "runtime": RuntimeConfig}
         for key, klass in sub.items():
             if key in d and isinstance(d[key], dict):
                 d[key] = klass(**d[key])
         if "eos_token_ids" in d:
             d["eos_token_ids"] = tuple(d["eos_token_ids"])
         return cls(**d)
+
+
+def _lift_runtime(kw: dict[str, Any]) -> dict[str, Any]:
+    """Moves runtime fields given at the top level (and the older `gmoe.dispatch`) into `runtime`.
+    The older dispatch name "grouped" ran row 0's expert for every row; it now means "auto"."""
+    kw = dict(kw)
+    runtime = kw.pop("runtime", None) or {}
+    runtime = dataclasses.asdict(runtime) if dataclasses.is_dataclass(runtime) else dict(runtime)
+    for key in RUNTIME_FIELDS:
+        if key in kw:
+            runtime[key] = kw.pop(key)
+    gmoe = kw.get("gmoe")
+    if isinstance(gmoe, dict) and "dispatch" in gmoe:
+        runtime["gmoe_dispatch"] = gmoe["dispatch"]
+        kw["gmoe"] = {k: v for k, v in gmoe.items() if k != "dispatch"}
+    if runtime.get("gmoe_dispatch") == "grouped":
+        runtime["gmoe_dispatch"] = "auto"
+    if runtime:
+        kw["runtime"] = runtime
+    return kw

@@ -56,10 +56,10 @@ def _with_identical_experts(params):
     return params
 
 
-@pytest.mark.parametrize("dispatch", ["grouped", "dense_mask"])
+@pytest.mark.parametrize("dispatch", ["auto", "dense_mask"])
 def test_identical_experts_give_same_logits_for_every_granularity(tiny, dispatch):
     cfg, _, params = tiny
-    cfg = cfg.replace(gmoe={"dispatch": dispatch})
+    cfg = cfg.replace(gmoe_dispatch=dispatch)
     graphdef, _ = rs.abstract_init(cfg)
     params = _with_identical_experts(params)
     ids, px = _batch(cfg)
@@ -80,11 +80,12 @@ def _expert_grads(cfg, params, granularity):
 
 
 @pytest.mark.parametrize("dispatch,granularity,used", [
-    ("grouped", [1, 1], {1}), ("dense_mask", [2, 0], {0, 2}), ("dense_mask", [1, 1], {1}),
+    ("auto", [1, 1], {1}), ("auto", [2, 0], {0, 2}), ("dense_mask", [2, 0], {0, 2}), ("dense_mask", [1, 1], {1}),
+    ("ragged", [0, 2], {0, 2}), ("gather", [2, 2], {2}),
 ])
 def test_only_selected_experts_receive_gradient(tiny, dispatch, granularity, used):
     cfg, _, params = tiny
-    cfg = cfg.replace(gmoe={"dispatch": dispatch})
+    cfg = cfg.replace(gmoe_dispatch=dispatch)
     for name, g in _expert_grads(cfg, params, granularity).items():
         for e in range(3):
             norm = np.abs(g[:, e]).max()

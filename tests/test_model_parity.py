@@ -30,7 +30,7 @@ def _text_only(pre, **replace):
     return checkpoints.assemble(cfg, pre)
 
 
-def _our_text(tmp_path, hf_cfg, hf_models, *, dispatch="grouped"):
+def _our_text(tmp_path, hf_cfg, hf_models, *, dispatch="auto"):
     """Our model from hf_models[0]'s decoder with one expert per hf model's MLPs, via the converter.
 
     One model: a bare Qwen2 checkpoint (save_pretrained). Several: the RSUniVLM layout with
@@ -57,11 +57,11 @@ def _our_text(tmp_path, hf_cfg, hf_models, *, dispatch="grouped"):
         cfg = H.llava_next_config(hf_cfg, vision, num_experts=len(hf_models), stored_blocks=1)
         pre = H.convert(H.write_checkpoint(tmp_path / "src", tensors, cfg), tmp_path / "dst")
         assert pre.config.gmoe.num_experts == len(hf_models)
-    cfg = pre.config.replace(image_token_id=H.IMAGE_TOKEN, gmoe={"dispatch": dispatch})
+    cfg = pre.config.replace(image_token_id=H.IMAGE_TOKEN, gmoe_dispatch=dispatch)
     if "vision" in pre.parts:
         graphdef, _ = rs.abstract_init(cfg)
         return graphdef, pre.params
-    return _text_only(pre, gmoe={"dispatch": dispatch})
+    return _text_only(pre, gmoe_dispatch=dispatch)
 
 
 def test_siglip_truncated_tower_matches_transformers(tmp_path):
@@ -92,7 +92,7 @@ def test_qwen2_logits_match_transformers(tmp_path, tie):
     assert np.abs(ours - ref).max() <= 1e-4
 
 
-@pytest.mark.parametrize("dispatch", ["grouped", "dense_mask"])
+@pytest.mark.parametrize("dispatch", ["auto", "dense_mask", "ragged", "gather"])
 def test_gmoe_matches_per_expert_reference(tmp_path, dispatch):
     hf_cfg = H.qwen2_hf_config()
     refs = H.three_expert_text_refs(hf_cfg)
@@ -104,10 +104,10 @@ def test_gmoe_matches_per_expert_reference(tmp_path, dispatch):
     for g in range(3):
         ours = np.asarray(rs.forward(graphdef, params, jnp.asarray(ids), None, jnp.full((3,), g, jnp.int32)))
         assert np.abs(ours - ref[g]).max() <= 1e-4, g
-    if dispatch == "dense_mask":  # mixed batch: row b uses expert b
-        ours = np.asarray(rs.forward(graphdef, params, jnp.asarray(ids), None, jnp.arange(3, dtype=jnp.int32)))
-        for b in range(3):
-            assert np.abs(ours[b] - ref[b][b]).max() <= 1e-4, b
+    for order in ([0, 1, 2], [2, 0, 1], [1, 1, 0]):  # mixed batches: row b uses expert order[b]
+        ours = np.asarray(rs.forward(graphdef, params, jnp.asarray(ids), None, jnp.asarray(order, jnp.int32)))
+        for b, g in enumerate(order):
+            assert np.abs(ours[b] - ref[g][b]).max() <= 1e-4, (order, b)
 
 
 @pytest.fixture(scope="module")

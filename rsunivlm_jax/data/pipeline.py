@@ -8,7 +8,7 @@ Per source (a `RecordSource`, a `TfdsSource`, or a path to load) and, by default
       -> optional mp_prefetch (worker processes)
 
 Batches are dicts of numpy arrays with the shapes of the batch element contract
-(docs/CONTRIBUTING_AGENTS.md): ``input_ids int32[B, T]``, ``attention_mask int32[B, T]``,
+(docs/data.md): ``input_ids int32[B, T]``, ``attention_mask int32[B, T]``,
 ``loss_mask float32[B, T]``, ``pixel_values float32[B, N_max, S, S, 3]``, ``num_images int32[B]``,
 ``granularity int32[B]``. Deterministic for a seed; ``iter(ds).get_state()`` / ``set_state(...)``
 resume exactly.

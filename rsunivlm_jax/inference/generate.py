@@ -11,8 +11,8 @@ RSUniVLM demo calls it, plus optional grammar constraints (`rsunivlm_jax.inferen
 
 Compiled once per (batch, prompt-length bucket, images, max_new_tokens, decoding settings): prompt
 lengths are padded on the left to a multiple of `length_bucket`. `granularity [B]` routes the
-G-MoE experts at prefill and at every decode step (SPEC 5 #1). Logit rows beyond the tokenizer
-length are masked (SPEC 5 #5). Rows stop at any eos id; finished rows emit `pad_id`.
+G-MoE experts at prefill and at every decode step, each row its own expert. Logit rows beyond the
+tokenizer length (padding rows of the embedding table) are masked. Rows stop at any eos id; finished rows emit `pad_id`.
 """
 from __future__ import annotations
 
@@ -27,17 +27,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rsunivlm_jax import tasks
+from rsunivlm_jax import routing, tasks
 from rsunivlm_jax.config import ModelConfig
 from rsunivlm_jax.functional import merge
 from rsunivlm_jax.inference import constrained as C
 from rsunivlm_jax.inference import sampling
 from rsunivlm_jax.inference.sampling import SamplingParams
 from rsunivlm_jax.layers.attention import KVCache, positions_from_mask
-from rsunivlm_jax.layers.common import Linear, dtype_of
-from rsunivlm_jax.layers.mlp import ExpertLinear
-from rsunivlm_jax.layers.rope import rope_cos_sin
-from rsunivlm_jax.sharding import constrain
+from rsunivlm_jax.layers.common import dtype_of
 
 
 class GenerateOutput(NamedTuple):
@@ -56,10 +53,11 @@ class _Static:
     sampling: SamplingParams
     vocab_limit: int | None
     return_logits: bool
+    homogeneous: bool  # every row uses one expert (checked on the host)
 
 
 def default_max_new_tokens(task: str | None, grid_size: int = tasks.DEFAULT_GRID_SIZE) -> int:
-    """Per-task budget (DESIGN 11): short for VQA / CLS, long for masks (~40 tokens per grid row)."""
+    """Per-task budget: short for VQA / CLS, long for masks (~40 tokens per grid row)."""
     if task in ("seg", "cd"):
         return 40 * grid_size
     return {"cls": 16, "vqa": 16, "vg": 64, "ref": 48, "cap": 128, "ccd": 96}.get(task, 256)
@@ -69,56 +67,35 @@ def default_max_new_tokens(task: str | None, grid_size: int = tasks.DEFAULT_GRID
 # The jitted core
 # --------------------------------------------------------------------------------------------
 
-def _decode_layers(model, granularity: jax.Array):
-    """Per-layer parameter states for the decode loop, made once before it.
+def _decode_layers(model, granularity: jax.Array, homogeneous: bool):
+    """Per-layer parameter copies for the decode loop, made once before it.
 
-    Inside `jax.lax.while_loop`, the prefill's `scan` over stacked layers (and the grouped expert's
-    dynamic index) would copy every layer's weights out of the stacked arrays at every step,
-    tripling the memory traffic of a bandwidth-bound decode step. So the stack is split into one
-    state per layer here and the layers are unrolled in the step; with grouped dispatch only expert
-    `granularity[0]` is kept (then selected at index 0, a no-op).
-    Kernels are also transposed to `[out, in]` (`_transpose_kernels`).
-    Returns (layer graphdef, [state per layer], granularity to pass to the layers).
+    Inside `jax.lax.while_loop`, the prefill's `scan` over stacked layers would copy every layer's
+    weights out of the stacked arrays at every step, tripling the memory traffic of a
+    bandwidth-bound decode step. So the stack is split into one state per layer here and the layers
+    are unrolled in the step. When every row uses one expert (`homogeneous`, known on the host),
+    only that expert's slice is kept (`routing.take_expert`, by the `expert` logical axis).
+    Matrices are stored transposed (`[out, in]`): `_layers_for_step` transposes them back inside the
+    loop, where XLA folds the transpose into the dot, so the one-row GEMVs read the `[out, in]`
+    buffer (~1.3x faster on XLA:CPU than `[in, out]`, `python -m bench.micro gemv`).
+    Returns (layer graphdef, [stored state per layer], granularity to pass to the layers).
     """
     cfg = model.config
     graphdef, state = nnx.split(model.decoder.layers)
-    experts = cfg.gmoe.num_experts
-    if experts > 1 and cfg.gmoe.dispatch == "grouped":
-        e = jnp.clip(granularity[0], 0, experts - 1)
-
-        def pick(path, a):
-            keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-            return jax.lax.dynamic_slice_in_dim(a, e, 1, axis=1) if "mlp" in keys else a
-
-        state = jax.tree_util.tree_map_with_path(pick, state)
+    params = nnx.to_pure_dict(state)
+    if cfg.gmoe.num_experts > 1 and homogeneous:
+        params = routing.take_expert(params, routing.expert_axes(graphdef, params), granularity[0])
         granularity = jnp.zeros_like(granularity)
-    graphdef, state = _transpose_kernels(graphdef, state)
-    layers = [jax.tree.map(lambda a, i=i: a[i], state) for i in range(cfg.decoder.num_hidden_layers)]
+    flip = lambda a: jnp.swapaxes(a, -1, -2) if a.ndim >= 3 else a  # noqa: E731  (layer axis + matrix)
+    params = jax.tree.map(flip, params)
+    layers = [jax.tree.map(lambda a, i=i: a[i], params) for i in range(cfg.decoder.num_hidden_layers)]
     return graphdef, layers, granularity
 
 
-def _transpose_kernels(graphdef, state):
-    """The layers with every projection kernel stored `[out, in]` (`kernel_transposed`): XLA:CPU
-    reads that layout ~1.3x faster in the one-row GEMVs of a decode step (`python -m bench.micro
-    gemv`, docs/profiling.md). The copy is made once per call, fused with the per-layer split."""
-    layers = nnx.merge(graphdef, state)  # fresh module objects: the caller's model is untouched
-    for _, m in nnx.iter_modules(layers):
-        if isinstance(m, (Linear, ExpertLinear)) and not m.kernel_transposed:
-            m.kernel.set_value(jnp.swapaxes(m.kernel[...], -1, -2))
-            m.kernel_transposed = True
-    return nnx.split(layers)
-
-
-def _decode_step(model, layer_graphdef, layers, embeds, positions, mask, granularity, caches, index):
-    """One token through the unrolled decoder: mirrors `Decoder.__call__` (same `DecoderLayer` code)."""
-    dec = model.decoder
-    rope = rope_cos_sin(positions, dec.head_dim, dec.rope_theta)
-    x = constrain(embeds.astype(dtype_of(dec.dtype)), ("batch", "seq", "act_embed"))
-    new_caches = []
-    for state, cache in zip(layers, caches):
-        x, cache = nnx.merge(layer_graphdef, state)(x, mask, rope, granularity, cache=cache, cache_index=index)
-        new_caches.append(cache)
-    return dec.norm(x), new_caches
+def _layers_for_step(graphdef, layers) -> list:
+    """The per-layer modules of one decode step, matrices back in their `[in, out]` layout."""
+    flip = lambda a: jnp.swapaxes(a, -1, -2) if a.ndim >= 2 else a  # noqa: E731
+    return [nnx.merge(graphdef, jax.tree.map(flip, p)) for p in layers]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -152,7 +129,7 @@ def _generate_jit(graphdef, st: _Static, params, input_ids, attention_mask, pixe
         presence = presence.at[rows[:, None], seen].set(True, mode="drop")
     eos = jnp.asarray(st.eos_ids, jnp.int32)
 
-    layer_graphdef, layers, g_decode = _decode_layers(model, g)
+    layer_graphdef, layers, g_decode = _decode_layers(model, g, st.homogeneous)
 
     def body(c):
         # Pick token i from the current logits, then run it through the decoder for the next logits.
@@ -179,9 +156,9 @@ def _generate_jit(graphdef, st: _Static, params, input_ids, attention_mask, pixe
         c["done"] = c["done"] | jnp.isin(tok, eos)
         index = length + i
         c["keys"] = jax.lax.dynamic_update_slice(c["keys"], jnp.ones((b, 1), jnp.int32), (0, index))
-        hidden, c["cache"] = _decode_step(model, layer_graphdef, layers, model.decoder.embed(tok[:, None]),
-                                          (pos0 + i)[:, None], c["keys"][:, None, :].astype(bool), g_decode,
-                                          c["cache"], index)
+        hidden, c["cache"] = model.decoder(model.decoder.embed(tok[:, None]), (pos0 + i)[:, None],
+                                           c["keys"][:, None, :].astype(bool), g_decode, c["cache"], index,
+                                           unrolled=_layers_for_step(layer_graphdef, layers))
         c["next_logits"] = model.logits(hidden[:, 0])
         c["i"] = i + 1
         return c
@@ -204,6 +181,13 @@ def _generate_jit(graphdef, st: _Static, params, input_ids, attention_mask, pixe
 # --------------------------------------------------------------------------------------------
 # Host wrapper
 # --------------------------------------------------------------------------------------------
+
+def split_mixed_batches(config: ModelConfig, backend: str | None = None) -> bool:
+    """Whether `generate` runs a batch that mixes experts as one call per expert. On CPU it does:
+    each row then costs one MLP (the in-graph mixed strategies cost up to E MLPs per decode
+    step there); on GPU / TPU the batch stays whole and the layers route it (`routing`)."""
+    return config.gmoe_dispatch == "auto" and (backend or jax.default_backend()) == "cpu"
+
 
 def _left_align(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Moves each row's real tokens (mask 1) to the end, order kept (left padding)."""
@@ -262,7 +246,8 @@ def generate(graphdef, params, input_ids, attention_mask=None, pixel_values=None
                              f"for rows {short} (shortest: {int(need[short[0]])} tokens)")
 
     groups = [np.arange(b)]
-    if config.gmoe.num_experts > 1 and config.gmoe.dispatch == "grouped" and len(set(gran.tolist())) > 1:
+    homogeneous = config.gmoe.num_experts == 1 or len(set(gran.tolist())) == 1
+    if not homogeneous and split_mixed_batches(config):
         groups = [np.flatnonzero(gran == v) for v in sorted(set(gran.tolist()))]  # one expert per call
     if len(groups) > 1:
         parts = [generate(graphdef, params, ids[rows], mask[rows], None if px is None else np.asarray(px)[rows],
@@ -292,7 +277,7 @@ def generate(graphdef, params, input_ids, attention_mask=None, pixel_values=None
         eos_ids=tuple(int(e) for e in (config.eos_token_ids if eos_ids is None else eos_ids)),
         pad_id=pad, sampling=sp,
         vocab_limit=config.tokenizer_vocab_size if config.tokenizer_vocab_size < config.decoder.vocab_size else None,
-        return_logits=bool(return_logits))
+        return_logits=bool(return_logits), homogeneous=bool(homogeneous))
     key = jax.random.key(0 if rng is None else rng) if rng is None or isinstance(rng, int) else rng
     arrays = [ids, mask, None if px is None else np.asarray(px, np.float32), gran]
     con = constraint

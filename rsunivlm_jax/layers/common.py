@@ -40,11 +40,7 @@ ones = jax.nn.initializers.ones
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel + bias (torch `nn.Linear` with weight transposed to `[in, out]`).
-
-    `kernel_transposed` (static, False when built) says the kernel is stored `[out, in]` as torch
-    stores it: `rsunivlm_jax.inference.generate` switches it on for its decode-loop copy of the
-    weights (a one-row GEMV reads that layout faster on XLA:CPU)."""
+    """y = x @ kernel + bias (torch `nn.Linear` with weight transposed to `[in, out]`)."""
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
                  use_bias: bool = True, rngs: nnx.Rngs, stack: tuple[int, ...] = (),
@@ -54,12 +50,10 @@ class Linear(nnx.Module):
         self.bias = (make_param(rngs, zeros, (out_features,), (axes[1],), stack=stack, param_dtype=param_dtype)
                      if use_bias else None)
         self.dtype = dtype
-        self.kernel_transposed = False
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = dtype_of(self.dtype)
-        spec = "...d,fd->...f" if self.kernel_transposed else "...d,df->...f"
-        y = jnp.einsum(spec, x.astype(dtype), self.kernel[...].astype(dtype))
+        y = jnp.einsum("...d,df->...f", x.astype(dtype), self.kernel[...].astype(dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

@@ -1,6 +1,6 @@
 """Qwen2 decoder with G-MoE feed-forward (reference `Qwen2GMoEModel` in `llava_qwen_gmoe.py`).
 
-Layer l, with expert g fixed per sequence (SPEC 2.7):
+Layer l, with expert g fixed per sequence:
     h = x + Attn(RMSNorm_in(x))          # causal GQA, RoPE
     y = h + Expert[g](RMSNorm_post(h))
 
@@ -34,7 +34,7 @@ class DecoderLayer(nnx.Module):
         self.self_attn = Attention(d.hidden_size, d.num_attention_heads, d.num_key_value_heads, qkv_bias=True,
                                    o_bias=False, o_name="o_proj", axes=LM_AXES, dtype=cfg.dtype, **kw)
         self.post_attention_layernorm = RMSNorm(d.hidden_size, eps=d.rms_norm_eps, **kw)
-        self.mlp = GMoEMLP(d.hidden_size, d.intermediate_size, cfg.gmoe.num_experts, dispatch=cfg.gmoe.dispatch,
+        self.mlp = GMoEMLP(d.hidden_size, d.intermediate_size, cfg.gmoe.num_experts, dispatch=cfg.gmoe_dispatch,
                            dtype=cfg.dtype, **kw)
         self.dtype = cfg.dtype
         self.causal_blocks = cfg.attention_causal_blocks
@@ -71,14 +71,21 @@ class Decoder(nnx.Module):
         return constrain(x, ("batch", "seq", "act_embed"))
 
     def __call__(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array, granularity: jax.Array,
-                 cache: KVCache | None = None, cache_index: jax.Array | int = 0
-                 ) -> tuple[jax.Array, KVCache | None]:
-        """embeds `[B, T, D]`, positions `[B, T]`, mask bool `[B, T, S]` -> normed hidden `[B, T, D]`.
+                 cache=None, cache_index: jax.Array | int = 0, *, unrolled=None):
+        """embeds `[B, T, D]`, positions `[B, T]`, mask bool `[B, T, S]` -> (normed hidden `[B, T, D]`, cache).
 
         The mask must be lower-triangular (query t never sees key s > t; `attention.causal_mask`)
-        unless `config.attention_causal_blocks == 1`."""
+        unless `config.attention_causal_blocks == 1`. `unrolled`: a list of one `DecoderLayer` per
+        layer to run in a Python loop instead of the scan over the stacked layers (the decode loop
+        passes its own per-layer copies); `cache` is then a list of per-layer caches."""
         rope = rope_cos_sin(positions, self.head_dim, self.rope_theta)
         x = constrain(embeds.astype(dtype_of(self.dtype)), ("batch", "seq", "act_embed"))
+        if unrolled is not None:
+            new_cache = []
+            for layer, layer_cache in zip(unrolled, cache):
+                x, layer_cache = layer(x, mask, rope, granularity, cache=layer_cache, cache_index=cache_index)
+                new_cache.append(layer_cache)
+            return self.norm(x), new_cache
 
         def body(layer, h, layer_cache):
             return layer(h, mask, rope, granularity, cache=layer_cache, cache_index=cache_index)

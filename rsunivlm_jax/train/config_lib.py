@@ -33,7 +33,7 @@ def base_config() -> config_dict.ConfigDict:
     c.model.preset = "rsunivlm-1b"
     c.model.num_experts = placeholder(int)      # None: the preset's; 1 = dense stage 1
     c.model.tie_word_embeddings = placeholder(bool)
-    c.model.dispatch = "grouped"                # G-MoE dispatch: "grouped" | "dense_mask"
+    c.model.dispatch = "auto"                   # G-MoE strategy for mixed batches: auto | dense_mask | ragged | gather
     c.model.dtype = "bfloat16"                  # compute dtype
     c.model.param_dtype = "float32"             # master parameters (and grads, Adam moments)
     c.model.remat_policy = "none"               # "none" | "full" | "dots"

@@ -9,11 +9,15 @@
    tokens in the whole global batch: the update equals the one of the big batch;
 2. differentiates only the trainable parameters (frozen ones enter through `stop_gradient`);
 3. applies the optax update (clipping, per-part AdamW, frozen parts untouched);
-4. G-MoE: with `expert_update="selected"`, expert slices that no example of the batch was routed
-   to keep their weights AND their optimiser moments (no decay, no momentum drift), as in the
-   PyTorch reference where unused experts get no `.grad` and AdamW skips them. In "grouped"
-   dispatch (one expert per global batch: row 0's) with the model config given, the step only
-   ever touches the routed expert's slice (no gradient buffers for the other experts);
+4. G-MoE: every row runs its own expert, exactly (`rsunivlm_jax.routing`). With
+   `expert_update="selected"`, expert slices that no row of the batch was routed to keep their
+   weights AND their optimiser moments (no decay, no momentum drift), as in the PyTorch reference
+   where unused experts get no `.grad` and AdamW skips them. With `homogeneous_batches=True` (the
+   pipeline groups batches by granularity) and the model config given, the step works on the
+   batch's expert alone: it slices that expert out of the stacked kernels and their Adam moments,
+   differentiates and updates a one-expert model and writes the slice back (no gradient buffers
+   for the other experts). A batch that mixes experts is then refused in the step (no update,
+   `mixed_granularity` = 1), and the trainer stops with an error naming the rows;
 5. NaN/Inf guard: if the loss or the gradient norm is not finite, parameters and optimiser state
    stay as they were, the skip is counted (`nonfinite_total`, `nonfinite_run` = skips in a row).
 
@@ -35,7 +39,8 @@ from jax.sharding import Mesh
 from rsunivlm_jax import sharding as shd
 from rsunivlm_jax.functional import merge
 from rsunivlm_jax.train import loss as loss_lib
-from rsunivlm_jax.train.optim import Optimizer, expert_axes, map_state_params
+from rsunivlm_jax import routing
+from rsunivlm_jax.train.optim import Optimizer, map_state_params
 
 Batch = Mapping[str, jax.Array]
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask", "pixel_values", "num_images", "granularity")
@@ -75,15 +80,6 @@ def _unflat(flat: Mapping[str, Any]) -> dict:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def effective_granularity(granularity: jax.Array, dispatch: str, num_experts: int) -> jax.Array:
-    """The expert each row uses: in "grouped" dispatch the whole global batch follows its row 0
-    (the pipeline makes such batches homogeneous; a mixed one is reported by the step)."""
-    g = jnp.clip(granularity.astype(jnp.int32), 0, max(num_experts, 1) - 1)
-    if dispatch == "grouped" or num_experts == 1:
-        return jnp.broadcast_to(g[:1], g.shape)
-    return g
-
-
 def _split_micro(batch: Batch, k: int) -> Batch:
     """`[B, ...]` -> `[k, B / k, ...]`; micro-batch j holds rows j, j + k, j + 2k, ..."""
     def split(x):
@@ -95,34 +91,32 @@ def _split_micro(batch: Batch, k: int) -> Batch:
     return {key: split(v) for key, v in batch.items()}
 
 
-def make_loss_fn(graphdef, *, num_experts: int, dispatch: str, num_granularities: int | None = None) -> Callable:
+def make_loss_fn(graphdef, *, num_experts: int, num_granularities: int | None = None) -> Callable:
     """`loss_fn(params, batch) -> LossStats` (sums; the model runs with `output="text"`).
 
-    `batch["granularity"]` must already hold each row's expert (see `effective_granularity`); the
-    statistics are kept per granularity (`num_granularities`, default `num_experts`). A model with
-    one expert (`num_experts=1`, e.g. the selected slice of a G-MoE) runs expert 0."""
+    Each row runs expert `batch["granularity"]`; the statistics are kept per granularity
+    (`num_granularities`, default `num_experts`). A model with one expert (`num_experts=1`, e.g.
+    the selected slice of a G-MoE) runs it for every row."""
     n_gran = num_granularities or max(num_experts, 1)
 
     def loss_fn(params, batch: Batch) -> loss_lib.LossStats:
         model = merge(graphdef, params)
-        g = batch["granularity"].astype(jnp.int32)
+        g = jnp.clip(batch["granularity"].astype(jnp.int32), 0, n_gran - 1)
         g_model = g if num_experts > 1 else jnp.zeros_like(g)
         logits = model(batch["input_ids"], batch["pixel_values"], g_model, batch["attention_mask"], output="text")
         return loss_lib.cross_entropy_stats(logits, batch["input_ids"], batch["loss_mask"], g, n_gran)
     return loss_fn
 
 
-def make_grad_fn(graphdef, trainable: Mapping[str, bool], *, num_experts: int, dispatch: str = "grouped",
-                 micro_batches: int = 1, num_granularities: int | None = None
+def make_grad_fn(graphdef, trainable: Mapping[str, bool], *, num_experts: int, micro_batches: int = 1, num_granularities: int | None = None
                  ) -> Callable[[Any, Batch], tuple[Any, loss_lib.LossStats]]:
     """`grad_fn(params, batch) -> (grads, stats)`: gradient of `loss_sum / N_global` (N = target
     tokens of the whole batch) w.r.t. the trainable parameters, accumulated over `micro_batches`;
     frozen entries of `grads` are zeros. `trainable` maps flat paths (``a/b/c``) to bools."""
     n_gran = num_granularities or max(num_experts, 1)
-    loss_fn = make_loss_fn(graphdef, num_experts=num_experts, dispatch=dispatch, num_granularities=n_gran)
+    loss_fn = make_loss_fn(graphdef, num_experts=num_experts, num_granularities=n_gran)
 
     def grads_and_stats(params, batch):
-        batch = dict(batch, granularity=effective_granularity(batch["granularity"], dispatch, n_gran))
         flat = _flat(params)
         train_p = {k: v for k, v in flat.items() if trainable[k]}
         frozen_p = {k: jax.lax.stop_gradient(v) for k, v in flat.items() if not trainable[k]}
@@ -154,16 +148,17 @@ def _single_expert_graphdef(model_config):
     return abstract_model(model_config.replace(gmoe={"num_experts": 1}))[0]
 
 
-def make_train_step(graphdef, optimizer: Optimizer, *, num_experts: int, dispatch: str = "grouped",
-                    micro_batches: int = 1, expert_update: str = "selected", model_config=None,
+def make_train_step(graphdef, optimizer: Optimizer, *, num_experts: int, micro_batches: int = 1,
+                    expert_update: str = "selected", model_config=None, homogeneous_batches: bool = False,
                     mesh: Mesh | None = None, rules=None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Builds the pure train step (see module docstring). `mesh`/`rules` activate the model's
     activation sharding constraints while tracing (pass them when jitting over a mesh).
 
-    With `model_config` given, "grouped" dispatch and `expert_update="selected"`, the step works on
-    the routed expert's slice only: it slices expert g out of the stacked kernels and their Adam
-    moments, differentiates and updates a one-expert model, and writes the slice back. Same
-    result as the full path, without gradients or optimiser work for the unrouted experts.
+    With `model_config` given, `homogeneous_batches=True` and `expert_update="selected"`, the step
+    works on the batch's expert slice only: it slices expert g out of the stacked kernels and their
+    Adam moments, differentiates and updates a one-expert model, and writes the slice back. Same
+    result as the full path, without gradients or optimiser work for the unrouted experts; a mixed
+    batch is not applied (`mixed_granularity` = 1 in the metrics).
     """
     if expert_update not in ("selected", "all"):
         raise ValueError(f"expert_update={expert_update!r}; expected 'selected' or 'all'")
@@ -172,33 +167,33 @@ def make_train_step(graphdef, optimizer: Optimizer, *, num_experts: int, dispatc
     n_gran = max(num_experts, 1)
     trainable = optimizer.trainable
     tx = optimizer.tx
-    sliced = model_config is not None and num_experts > 1 and dispatch == "grouped" and expert_update == "selected"
+    sliced = (model_config is not None and num_experts > 1 and expert_update == "selected"
+              and homogeneous_batches)
     if sliced:
         grads_and_stats = make_grad_fn(_single_expert_graphdef(model_config), trainable, num_experts=1,
-                                       dispatch=dispatch, micro_batches=micro_batches, num_granularities=n_gran)
+                                       micro_batches=micro_batches, num_granularities=n_gran)
     else:
-        grads_and_stats = make_grad_fn(graphdef, trainable, num_experts=num_experts, dispatch=dispatch,
-                                       micro_batches=micro_batches)
+        grads_and_stats = make_grad_fn(graphdef, trainable, num_experts=num_experts, micro_batches=micro_batches)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         batch = {k: batch[k] for k in BATCH_KEYS}
-        raw = jnp.clip(batch["granularity"].astype(jnp.int32), 0, n_gran - 1)
-        routed = effective_granularity(raw, dispatch, num_experts)
+        routed = jnp.clip(batch["granularity"].astype(jnp.int32), 0, n_gran - 1)
+        batch["granularity"] = routed
         selected = jnp.any(jax.nn.one_hot(routed, n_gran, dtype=jnp.bool_), axis=0)  # [E]
-        mixed = jnp.any(raw != routed)  # a "grouped" batch that was not homogeneous
+        mixed = jnp.any(routed != routed[0])
 
         params, opt_state = state.params, state.opt_state
-        axes = expert_axes(params, num_experts)
+        axes = routing.expert_axes(graphdef, params) if num_experts > 1 else jax.tree.map(lambda _: -1, params)
         state_axes = map_state_params(lambda _, ax: ax, opt_state, axes, lambda _: -1, params)
         if sliced:  # work on expert g's slice of every stacked expert kernel (and its moments)
             g = routed[0]
-            take = lambda x, ax: x if ax < 0 else jax.lax.dynamic_slice_in_dim(x, g, 1, axis=ax)  # noqa: E731
-            params = jax.tree.map(take, params, axes)
-            opt_state = jax.tree.map(take, opt_state, state_axes)
+            params = routing.take_expert(params, axes, g)
+            opt_state = routing.take_expert(opt_state, state_axes, g)
 
         grads, stats = grads_and_stats(params, batch)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(stats.loss_sum) & jnp.isfinite(grad_norm)
+        apply = finite & ~mixed if sliced else finite
 
         def update(operands):
             params, opt_state, grads = operands
@@ -223,18 +218,16 @@ def make_train_step(graphdef, optimizer: Optimizer, *, num_experts: int, dispatc
         # NaN/Inf guard as a branch rather than `where(finite, new, old)` over every leaf: the
         # update can then run in place on the donated buffers (no second copy of parameters and
         # moments, no extra select pass over them; docs/profiling.md).
-        new_params, new_opt = jax.lax.cond(finite, update, lambda operands: operands[:2],
+        new_params, new_opt = jax.lax.cond(apply, update, lambda operands: operands[:2],
                                            (params, opt_state, grads))
         if sliced:
-            put = lambda full, part, ax: (part if ax < 0 else  # noqa: E731
-                                          jax.lax.dynamic_update_slice_in_dim(full, part, g, axis=ax))
-            new_params = jax.tree.map(put, state.params, new_params, axes)
-            new_opt = jax.tree.map(put, state.opt_state, new_opt, state_axes)
-        skipped = (~finite).astype(jnp.int32)
+            new_params = routing.put_expert(state.params, new_params, axes, g)
+            new_opt = routing.put_expert(state.opt_state, new_opt, state_axes, g)
+        skipped = (~apply).astype(jnp.int32)
         new_state = TrainState(
             step=state.step + 1, params=new_params, opt_state=new_opt,
             opt_step=state.opt_step + (1 - skipped),
-            nonfinite_total=state.nonfinite_total + skipped,
+            nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
             nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1))
         metrics = {
             "loss": loss_lib.mean_loss(stats), "loss_sum": stats.loss_sum, "num_targets": stats.num_targets,
@@ -257,14 +250,14 @@ def make_train_step(graphdef, optimizer: Optimizer, *, num_experts: int, dispatc
     return sharded_step
 
 
-def make_eval_step(graphdef, *, num_experts: int, dispatch: str = "grouped", mesh: Mesh | None = None,
+def make_eval_step(graphdef, *, num_experts: int, mesh: Mesh | None = None,
                    rules=None) -> Callable[[Any, Batch], loss_lib.LossStats]:
-    """`eval_step(params, batch) -> LossStats` (sums; add them over batches, then normalise)."""
-    loss_fn = make_loss_fn(graphdef, num_experts=num_experts, dispatch=dispatch)
+    """`eval_step(params, batch) -> LossStats` (sums; add them over batches, then normalise).
+    Every row runs its own expert."""
+    loss_fn = make_loss_fn(graphdef, num_experts=num_experts)
 
     def step(params, batch):
         batch = {k: batch[k] for k in BATCH_KEYS}
-        batch["granularity"] = effective_granularity(batch["granularity"], dispatch, num_experts)
         if mesh is None:
             return loss_fn(params, batch)
         with shd.use_sharding(mesh, rules):

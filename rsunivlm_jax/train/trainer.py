@@ -44,6 +44,7 @@ from jax.sharding import Mesh
 
 import rsunivlm_jax as rs
 from rsunivlm_jax import fileio
+from rsunivlm_jax import routing
 from rsunivlm_jax import checkpoints
 from rsunivlm_jax import sharding as shd
 from rsunivlm_jax.config import ModelConfig
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 
 BATCH_NDIMS = {"input_ids": 2, "attention_mask": 2, "loss_mask": 2, "pixel_values": 5, "num_images": 1,
                "granularity": 1}
-COMPUTE_ONLY_FIELDS = ("dtype", "remat_policy")  # may change between save and resume
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,10 +73,9 @@ def model_config_from(cfg: Mapping[str, Any]) -> ModelConfig:
     model = rs.presets.get(cfg["preset"])
     kw: dict[str, Any] = {"dtype": cfg.get("dtype", model.dtype), "param_dtype": cfg.get("param_dtype", model.param_dtype),
                           "remat_policy": cfg.get("remat_policy", model.remat_policy)}
-    gmoe = {"dispatch": cfg.get("dispatch", model.gmoe.dispatch)}
+    kw["gmoe_dispatch"] = cfg.get("dispatch", model.gmoe_dispatch)
     if cfg.get("num_experts") is not None:
-        gmoe["num_experts"] = int(cfg["num_experts"])
-    kw["gmoe"] = gmoe
+        kw["gmoe"] = {"num_experts": int(cfg["num_experts"])}
     if cfg.get("tie_word_embeddings") is not None:
         kw["decoder"] = {"tie_word_embeddings": bool(cfg["tie_word_embeddings"])}
     overrides = cfg.get("overrides") or {}
@@ -90,12 +89,8 @@ def model_config_from(cfg: Mapping[str, Any]) -> ModelConfig:
 
 
 def architecture(model: ModelConfig) -> dict:
-    """Model config fields that define the parameters (compute dtype, remat, dispatch dropped)."""
-    d = model.to_dict()
-    for k in COMPUTE_ONLY_FIELDS:
-        d.pop(k, None)
-    d["gmoe"] = {k: v for k, v in d["gmoe"].items() if k != "dispatch"}
-    return json.loads(json.dumps(d))
+    """Model config fields that define the parameters (`ModelConfig.architecture`, JSON-normalised)."""
+    return json.loads(json.dumps(model.architecture()))
 
 
 def build_mesh(cfg: Mapping[str, Any]) -> Mesh:
@@ -194,6 +189,8 @@ class Trainer:
         self._inputs = inputs
         self.is_main = jax.process_index() == 0
         self.transfer_guard = str(config.train.transfer_guard)
+        # The pipeline groups batches by granularity: the step may then run one expert per batch.
+        self.homogeneous_batches = str(config.data.get("grouping", "mixed")) == "granularity"
 
     # -- pieces --
 
@@ -234,9 +231,9 @@ class Trainer:
         meta = checkpoints.read_meta(path)
         cfg = meta.get("model_config")
         if cfg:
-            return ModelConfig.from_dict(cfg).replace(dtype=self.model.dtype, remat_policy=self.model.remat_policy)
+            return ModelConfig.from_dict(cfg).replace(runtime=self.model.runtime)
         if self.config.init.source_preset:
-            return rs.presets.get(self.config.init.source_preset).replace(dtype=self.model.dtype)
+            return rs.presets.get(self.config.init.source_preset).replace(runtime=self.model.runtime)
         raise ValueError(f"{path}: no model_config in its meta; set init.source_preset")
 
     def _check_source_model(self, path: str, model: ModelConfig) -> None:
@@ -254,13 +251,13 @@ class Trainer:
     def compile_steps(self):
         tc = self.config.train
         train_step = step_lib.make_train_step(
-            self.graphdef, self.optimizer, num_experts=self.model.gmoe.num_experts, dispatch=self.model.gmoe.dispatch,
+            self.graphdef, self.optimizer, num_experts=self.model.gmoe.num_experts,
             micro_batches=int(tc.micro_batches), expert_update=self.config.optim.expert_update,
-            model_config=self.model, mesh=self.mesh, rules=self.rules)
+            model_config=self.model, homogeneous_batches=self.homogeneous_batches, mesh=self.mesh, rules=self.rules)
         train_fn = jax.jit(train_step, in_shardings=(self.state_sh, self.batch_sh),
                            out_shardings=(self.state_sh, self.rep), donate_argnums=(0,))
         eval_step = step_lib.make_eval_step(self.graphdef, num_experts=self.model.gmoe.num_experts,
-                                            dispatch=self.model.gmoe.dispatch, mesh=self.mesh, rules=self.rules)
+                                            mesh=self.mesh, rules=self.rules)
         eval_fn = jax.jit(eval_step, in_shardings=(self.state_sh.params, self.batch_sh), out_shardings=self.rep)
         return train_fn, eval_fn
 
@@ -321,6 +318,8 @@ class Trainer:
                                         nonfinite_total=self._scalar(0), nonfinite_run=self._scalar(0))
         start = int(jax.device_get(state.step))
         train_fn, eval_fn = self.compile_steps()
+        sliced = (self.homogeneous_batches and self.model.gmoe.num_experts > 1
+                  and self.config.optim.expert_update == "selected")
 
         flops = self.flops_per_step()
         peak = cfg.metrics.peak_flops_per_device or metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
@@ -333,13 +332,12 @@ class Trainer:
         compile_s: float | None = None
         last_train = last_eval = None
         status = "completed"
-        warned_mixed = False
         bad_run = 0  # non-finite steps in a row, as of the last handled step
         pending = None
         t_last = time.perf_counter()
 
         def handle(step_no: int, dev_metrics) -> None:
-            nonlocal t_last, compile_s, last_train, warned_mixed, bad_run
+            nonlocal t_last, compile_s, last_train, bad_run
             m = jax.device_get(dev_metrics)
             now = time.perf_counter()
             dt, t_last = now - t_last, now
@@ -350,11 +348,10 @@ class Trainer:
                 step_times.append(dt)
                 m["seconds"] = dt
             window.append(m)
-            if int(m["mixed_granularity"]) and not warned_mixed and self.model.gmoe.dispatch == "grouped":
-                warned_mixed = True
-                log.warning("step %d: a batch mixes granularities under 'grouped' dispatch; every row used the "
-                            "expert of its micro-batch's first row (use data.grouping='granularity' or "
-                            "model.dispatch='dense_mask')", step_no)
+            if int(m["mixed_granularity"]) and sliced:  # another host's rows differed (not applied)
+                raise routing.MixedBatchError(
+                    f"step {step_no}: the global batch mixes experts {np.flatnonzero(m['selected_experts']).tolist()} "
+                    "although data.grouping='granularity' promised one per batch; the update was not applied")
             if int(m["skipped"]):
                 progress.write(f"step {step_no}: non-finite loss/gradient, update skipped "
                                f"({int(m['nonfinite_run'])} in a row, {int(m['nonfinite_total'])} total)")
@@ -375,6 +372,9 @@ class Trainer:
                     except StopIteration:
                         log.warning("training data exhausted at step %d", step_no - 1)
                         break
+                    if sliced:
+                        routing.check_homogeneous(host_batch["granularity"],
+                                                  where=f"step {step_no} (data.grouping='granularity')")
                     batch = data_lib.to_global(host_batch, self.batch_sh, self.global_batch)
                     with jax.transfer_guard(self.transfer_guard):  # explicit transfers only
                         state, dev_metrics = train_fn(state, batch)

@@ -12,8 +12,8 @@ from rsunivlm_jax.train import optim, step as step_lib
 TEXT_LEN = 24
 
 
-def tiny(num_experts: int = 3, dispatch: str = "grouped", **kw):
-    return rs.presets.get("tiny").replace(gmoe={"num_experts": num_experts, "dispatch": dispatch}, **kw)
+def tiny(num_experts: int = 3, dispatch: str = "auto", **kw):
+    return rs.presets.get("tiny").replace(gmoe={"num_experts": num_experts}, gmoe_dispatch=dispatch, **kw)
 
 
 def optimizer(params, **kw):

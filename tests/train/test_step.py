@@ -26,7 +26,8 @@ def tiny_step():
     """The tiny G-MoE model, its initial state and ONE jitted step shared by the tests (one compile)."""
     cfg = H.tiny()
     graphdef, opt, state = H.init_state(cfg)
-    fn = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=3, model_config=cfg))  # the trainer's path
+    fn = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=3, model_config=cfg,
+                                          homogeneous_batches=True))  # the trainer's path for grouped data
     return cfg, graphdef, opt, state, fn
 
 
@@ -75,9 +76,8 @@ def test_gradient_accumulation_equals_full_batch():
     graphdef, params = rs.init(cfg, 0)
     trainable = optim.trainable_mask(params, (".*",))
     batch = H.to_device(H.batches(cfg, global_batch=8, grouping="mixed").batch(0))
-    full = jax.jit(step_lib.make_grad_fn(graphdef, trainable, num_experts=3, dispatch="dense_mask"))
-    accum = jax.jit(step_lib.make_grad_fn(graphdef, trainable, num_experts=3, dispatch="dense_mask",
-                                          micro_batches=4))
+    full = jax.jit(step_lib.make_grad_fn(graphdef, trainable, num_experts=3))
+    accum = jax.jit(step_lib.make_grad_fn(graphdef, trainable, num_experts=3, micro_batches=4))
     (g1, s1), (g4, s4) = full(params, batch), accum(params, batch)
     assert float(s4.loss_sum / s4.num_targets) == pytest.approx(float(s1.loss_sum / s1.num_targets), rel=1e-6)
     assert float(s4.num_targets) == float(s1.num_targets)
@@ -120,7 +120,7 @@ def test_sliced_expert_step_equals_the_full_masked_step(tiny_step):
     """The trainer's grouped step (only the routed expert's slice is differentiated and updated)
     gives the update of the full step with masking."""
     cfg, graphdef, opt, state, fn = tiny_step
-    full = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=3))  # no model_config: full path
+    full = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=3))  # exact routing, masked update
     src = H.batches(cfg)
     a, b = state, state
     for i in range(3):  # experts 0, 1, 2
