@@ -412,7 +412,7 @@ def decode(args) -> dict:
     ids = np.random.default_rng(0).integers(100, min(150_000, cfg.decoder.vocab_size - 2),
                                             (args.batch, args.text)).astype(np.int32)
     st = gen._Static(max_new_tokens=args.new_tokens, eos_ids=(), pad_id=0, sampling=gen.SamplingParams(),
-                     vocab_limit=None, return_logits=False)
+                     vocab_limit=None, return_logits=False, homogeneous=True)
     fn = jax.jit(lambda p, i, m, g, k: gen._generate_jit(graphdef, st, p, i, m, None, g, k, None))
     return profile_call(fn, (params, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)),
                              jnp.zeros((args.batch,), jnp.int32), jax.random.key(0)), runs=args.runs)
