@@ -40,7 +40,12 @@ ones = jax.nn.initializers.ones
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel + bias (torch `nn.Linear` with weight transposed to `[in, out]`)."""
+    """y = x @ kernel + bias (torch `nn.Linear` with weight transposed to `[in, out]`).
+
+    `lora`: an adapter attached by `rsunivlm_jax.lora.adapters` (None otherwise); its `delta(x)`
+    is added to the output, as peft's `LoraLayer` adds `lora_B(lora_A(dropout(x))) * scaling`."""
+
+    lora = None
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
                  use_bias: bool = True, rngs: nnx.Rngs, stack: tuple[int, ...] = (),
@@ -56,4 +61,6 @@ class Linear(nnx.Module):
         y = jnp.einsum("...d,df->...f", x.astype(dtype), self.kernel[...].astype(dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
+        if self.lora is not None:
+            y = y + self.lora.delta(x.astype(dtype)).astype(dtype)
         return y

@@ -33,7 +33,13 @@ class GeluMLP(nnx.Module):
 
 
 class ExpertLinear(nnx.Module):
-    """E stacked bias-free kernels `[E, D, F]`: one `Qwen2MLP` projection per expert."""
+    """E stacked bias-free kernels `[E, D, F]`: one `Qwen2MLP` projection per expert.
+
+    `lora`: per-expert adapters attached by `rsunivlm_jax.lora.adapters` (None otherwise); `weight()`
+    then returns `W_e + scaling * A_e @ B_e`, so every routing strategy routes rows to their expert's
+    adapter exactly as to its kernel."""
+
+    lora = None
 
     def __init__(self, num_experts: int, d_in: int, d_out: int, *, axes: tuple[str, str], rngs: nnx.Rngs,
                  stack: tuple[int, ...] = (), param_dtype: str = "float32"):
@@ -42,6 +48,8 @@ class ExpertLinear(nnx.Module):
 
     def weight(self) -> jax.Array:
         """The stacked kernels `[E, in, out]` every routing strategy consumes."""
+        if self.lora is not None:
+            return self.kernel[...] + self.lora.weight_delta()
         return self.kernel[...]
 
 

@@ -102,7 +102,7 @@ def check_model(config):
     """The run's `ModelConfig` (`trainer.model_config_from`), or a UsageError naming the bad field."""
     from rsunivlm_jax.train import trainer
     try:
-        return trainer.model_config_from(config.model)
+        return trainer.model_config_from(config.model, config.init)
     except (AttributeError, TypeError) as e:  # "...has no attribute 'x'" / "...unexpected keyword argument 'x'"
         m = re.search(r"(?:attribute|argument) '(\w+)'", str(e))
         raise cli_utils.UsageError(f"--config model: unknown model field {m.group(1)!r}" if m else

@@ -13,6 +13,8 @@ What happens:
    (parameters, optimiser state, counters, data iterator) onto the current mesh; otherwise
    parameters come from `config.init` (random, a converted checkpoint, or a stage-1 run up-cycled
    to G-MoE) and the optimiser state is created sharded.
+   With `lora.rank > 0` (`rsunivlm_jax.lora.train`) the parameters are LoRA adapters: the state,
+   optimiser and checkpoints hold the adapters only, the frozen base is loaded once beside them.
 4. `jax.jit(train_step, in_shardings=(state, batch), out_shardings=(state, replicated),
    donate_argnums=0)`; the loop reads each step's metrics one step late so the host never stalls
    the device queue; logs every `train.log_every` steps (JSONL, TensorBoard, tqdm with ETA);
@@ -48,6 +50,7 @@ from rsunivlm_jax import routing
 from rsunivlm_jax import checkpoints
 from rsunivlm_jax import sharding as shd
 from rsunivlm_jax.config import ModelConfig
+from rsunivlm_jax.lora import train as lora_train
 from rsunivlm_jax.train import checkpoint as ckpt_lib
 from rsunivlm_jax.train import data as data_lib
 from rsunivlm_jax.train import metrics as metrics_lib
@@ -67,10 +70,20 @@ class TrainingDiverged(RuntimeError):
 
 # ---- configuration -----------------------------------------------------------------------------
 
-def model_config_from(cfg: Mapping[str, Any]) -> ModelConfig:
+INIT_PRESET = "init"  # model.preset: the architecture of the checkpoint at init.path
+
+
+def model_config_from(cfg: Mapping[str, Any], init: Mapping[str, Any] | None = None) -> ModelConfig:
     """ModelConfig from the `model` section of an experiment config: a preset, the fields above, then
-    `overrides` (nested `ModelConfig.replace` arguments, e.g. ``{"decoder": {"vocab_size": 552}}``)."""
-    model = rs.presets.get(cfg["preset"])
+    `overrides` (nested `ModelConfig.replace` arguments, e.g. ``{"decoder": {"vocab_size": 552}}``).
+    The preset "init" is the model of the checkpoint at `init.path` (`init`: the config's init section)."""
+    if cfg["preset"] == INIT_PRESET:
+        path = (init or {}).get("path")
+        if not path:
+            raise ValueError('model.preset="init" takes the model from init.path; set --config.init.path')
+        model = ModelConfig.from_dict(checkpoints.read_meta(path)["model_config"])
+    else:
+        model = rs.presets.get(cfg["preset"])
     kw: dict[str, Any] = {"dtype": cfg.get("dtype", model.dtype), "param_dtype": cfg.get("param_dtype", model.param_dtype),
                           "remat_policy": cfg.get("remat_policy", model.remat_policy)}
     kw["gmoe_dispatch"] = cfg.get("dispatch", model.gmoe_dispatch)
@@ -167,10 +180,14 @@ class Trainer:
     def __init__(self, config, workdir: str, *, inputs: data_lib.Inputs | None = None):
         self.config = config
         self.workdir = os.path.abspath(workdir)
-        self.model = model_config_from(config.model)
+        self.model = model_config_from(config.model, config.init)
         self.mesh = build_mesh(config.mesh)
         self.rules = shd.get_rules(config.sharding.preset)
         self.graphdef, self.abstract_params = rs.abstract_init(self.model, mesh=self.mesh, rules=self.rules)
+        # LoRA (`lora.rank > 0`): the trained parameters are the adapters; the frozen base is held apart.
+        self.lora = lora_train.LoraRun(config, self.model, self.mesh, self.rules) if lora_train.enabled(config) else None
+        if self.lora is not None:
+            self.graphdef, self.abstract_params = self.lora.graphdef, self.lora.abstract_params
         self.total_steps = int(config.train.steps)
         self.global_batch = int(config.train.global_batch)
         n_batch = math.prod(self.mesh.shape[a] for a in ((self.rules["batch"],) if isinstance(self.rules["batch"], str)
@@ -208,6 +225,8 @@ class Trainer:
         return jax.device_put(jnp.asarray(value, dtype), self.rep)
 
     def initial_params(self) -> Any:
+        if self.lora is not None:
+            return self.lora.init_adapters()
         init = self.config.init
         mode = init.mode
         if mode == "random":
@@ -249,6 +268,8 @@ class Trainer:
         return data_lib.build_inputs(self.config, self.model, self.workdir, vocab_source_dir=vocab_dir)
 
     def compile_steps(self):
+        if self.lora is not None:
+            return self.lora.compile_steps(self)
         tc = self.config.train
         train_step = step_lib.make_train_step(
             self.graphdef, self.optimizer, num_experts=self.model.gmoe.num_experts,
@@ -262,8 +283,9 @@ class Trainer:
         return train_fn, eval_fn
 
     def meta(self, step: int) -> dict:
-        return ckpt_lib.make_meta(experiment=config_to_dict(self.config), model_config=self.model.to_dict(),
+        meta = ckpt_lib.make_meta(experiment=config_to_dict(self.config), model_config=self.model.to_dict(),
                                   mesh=self.mesh, rules=self.rules, step=step)
+        return meta if self.lora is None else {**meta, **self.lora.meta()}
 
     def evaluate(self, eval_fn, params, make_eval) -> dict | None:
         if make_eval is None or int(self.config.eval.batches) <= 0:
@@ -319,7 +341,7 @@ class Trainer:
         start = int(jax.device_get(state.step))
         train_fn, eval_fn = self.compile_steps()
         sliced = (self.homogeneous_batches and self.model.gmoe.num_experts > 1
-                  and self.config.optim.expert_update == "selected")
+                  and self.config.optim.expert_update == "selected" and self.lora is None)
 
         flops = self.flops_per_step()
         peak = cfg.metrics.peak_flops_per_device or metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
