@@ -17,6 +17,7 @@ from rsunivlm_jax.layers.common import dtype_of, make_param, normal, zeros
 from rsunivlm_jax.layers.mlp import GeluMLP
 from rsunivlm_jax.layers.norms import LayerNorm
 from rsunivlm_jax.layers.scan import scan_layers
+from rsunivlm_jax.sharding import constrain
 
 VIT_AXES = {"embed": "vit_embed", "q_heads": "vit_heads", "kv_heads": "vit_heads"}
 
@@ -85,7 +86,10 @@ class VisionTower(nnx.Module):
         self.remat_policy = cfg.remat_policy
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
-        x = self.embeddings(pixels)
-        x, _ = scan_layers(self.layers, lambda layer, h, _: (layer(h), None), x,
+        """Activations are constrained to the batch sharding, as the decoder's are: without it XLA's
+        propagation follows the FSDP-sharded weights and replicates the image batch (docs/scaling.md)."""
+        act = ("batch", "seq", "act_embed")
+        x = constrain(self.embeddings(constrain(pixels, ("batch", None, None, None))), act)
+        x, _ = scan_layers(self.layers, lambda layer, h, _: (constrain(layer(h), act), None), x,
                            num_layers=self.num_layers_used, remat_policy=self.remat_policy)
         return self.post_layernorm(x) if self.use_post_layernorm else x
