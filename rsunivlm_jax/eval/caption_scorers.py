@@ -15,6 +15,8 @@ import math
 from collections import Counter
 from typing import Mapping, Sequence
 
+import numpy as np
+
 
 def _check(gts: Mapping, res: Mapping) -> list:
     if gts.keys() != res.keys():
@@ -96,6 +98,16 @@ def rouge_l(gts: Mapping, res: Mapping, beta: float = 1.2) -> float:
 def cider(gts: Mapping, res: Mapping, n: int = 4, sigma: float = 6.0) -> float:
     """Corpus-mean CIDEr (pycocoevalcap `Cider`: tf-idf over the references of the whole set,
     cosine per n-gram order, Gaussian length penalty, x10)."""
+    return corpus_cider(cider_scores(gts, res, n, sigma))
+
+
+def corpus_cider(scores: Sequence[float]) -> float:
+    """The corpus CIDEr of per-sample scores: their mean, with pycocoevalcap's ``np.mean``."""
+    return float(np.mean(np.array(scores, dtype=np.float64)))
+
+
+def cider_scores(gts: Mapping, res: Mapping, n: int = 4, sigma: float = 6.0) -> list[float]:
+    """Per-sample CIDEr (the second value of pycocoevalcap's `Cider.compute_score`), in key order."""
     keys = _check(gts, res)
     crefs = [[_ngrams(r.split(), n) for r in gts[k]] for k in keys]
     ctest = [_ngrams(res[k][0].split(), n) for k in keys]
@@ -130,4 +142,4 @@ def cider(gts: Mapping, res: Mapping, n: int = 4, sigma: float = 6.0) -> float:
                     val /= nh[k] * nr[k]
                 total[k] += val * math.e ** (-(delta ** 2) / (2 * sigma ** 2))
         scores.append(sum(total) / n / len(refs) * 10.0)
-    return float(sum(scores) / len(scores))
+    return scores

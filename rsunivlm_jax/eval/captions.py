@@ -105,8 +105,10 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
     mode: ``"auto"`` | ``"official"`` | ``"java_free"`` (see the module docstring).
     meteor: an existing pycocoevalcap `Meteor` instance to reuse (official mode); default: a
       process-wide one.
-    Returns ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mode", "note", "n"}``; metric
-    values are None when there are no samples, METEOR is None in java_free mode.
+    Returns ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "CIDEr_per_sample", "mode",
+    "note", "n"}``; metric values are None when there are no samples, METEOR is None in java_free
+    mode. ``CIDEr_per_sample`` lists each sample's CIDEr (idf from the whole set's references);
+    ``CIDEr`` is their mean, as pycocoevalcap's `Cider.compute_score` returns both.
     """
     mode = resolve_mode(mode)
     if len(predictions) != len(references):
@@ -115,7 +117,7 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         if isinstance(refs, str) or len(refs) == 0:
             raise ValueError(f"sample {i}: references must be a non-empty list of strings, got {refs!r}")
     out: dict = {k: None for k in METRIC_KEYS}
-    out.update(mode=mode, note=MODE_NOTES[mode], n=len(predictions))
+    out.update(CIDEr_per_sample=[], mode=mode, note=MODE_NOTES[mode], n=len(predictions))
     if not predictions:
         return out
 
@@ -133,13 +135,15 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         from pycocoevalcap.rouge.rouge import Rouge
 
         bleu = Bleu(4).compute_score(gts, res, verbose=0)[0]
-        rouge, cider = Rouge().compute_score(gts, res)[0], Cider().compute_score(gts, res)[0]
+        rouge, (cider, cider_per_sample) = Rouge().compute_score(gts, res)[0], Cider().compute_score(gts, res)
     else:
         bleu = caption_scorers.bleu(gts, res, 4)
-        rouge, cider = caption_scorers.rouge_l(gts, res), caption_scorers.cider(gts, res)
+        rouge, cider_per_sample = caption_scorers.rouge_l(gts, res), caption_scorers.cider_scores(gts, res)
+        cider = caption_scorers.corpus_cider(cider_per_sample)
     for n, value in enumerate(bleu, start=1):
         out[f"Bleu_{n}"] = float(value)
     out["ROUGE_L"], out["CIDEr"] = float(rouge), float(cider)
+    out["CIDEr_per_sample"] = [float(v) for v in cider_per_sample]
     if mode == OFFICIAL:
         scorer = meteor if meteor is not None else get_meteor()
         out["METEOR"] = float(scorer.compute_score(gts, res)[0])

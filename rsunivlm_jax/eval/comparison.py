@@ -5,6 +5,11 @@ task: ``metrics.json`` with the image-blind baselines, ``predictions.jsonl``); n
 recomputed except the yes/no VQA accuracy (presence + comparison questions, from the predictions;
 for a baseline, from its per-type accuracies). A control model (the same model with shuffled
 images) may be added: its drop against the real images is what the model reads from the image.
+
+Each headline number gets a 95% bootstrap interval over the records, and each difference (model
+A - model B, real - shuffled images) a paired one (`rsunivlm_jax.eval.intervals`), from the
+per-record outcomes in predictions.jsonl; evaluations written before those outcomes were kept
+get None ("n/a" in the report).
 """
 from __future__ import annotations
 
@@ -15,24 +20,32 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rsunivlm_jax import tasks
+from rsunivlm_jax.eval import intervals
 
 # Headline metric of each task (compared between the models and against the baselines).
 HEADLINE = {"cls": "accuracy", "vqa": "acc/yes_no", "vg": "acc@0.5", "ref": "CIDEr", "cap": "CIDEr",
             "ccd": "CIDEr", "seg": "miou", "cd": "f1"}
-YES_NO_TYPES = ("presence", "comparison")
+YES_NO_TYPES = intervals.YES_NO_TYPES
 CLEAR_MARGIN = 0.10  # "clearly above" a baseline: at least this much higher (absolute)
+BOOTSTRAP = {"level": 0.95, "n_boot": 1000, "seed": 0}
 
 
 def load_evaluation(eval_dir) -> dict:
-    """One evaluation directory: ``{"task", "result", "baselines", "meta"}`` from its metrics.json,
-    with ``acc/yes_no`` added for VQA (the model's and each baseline's)."""
+    """One evaluation directory: ``{"task", "result", "baselines", "meta", "samples"}`` from its
+    metrics.json and predictions.jsonl, with ``acc/yes_no`` added for VQA (the model's and each
+    baseline's). ``samples``: each prediction's ``score`` with its ``id`` (None without the file)."""
     eval_dir = Path(eval_dir)
     data = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     (task, result), = data["results"].items()
     baselines = data.get("baselines", {}).get(task, {})
-    if task == "vqa":
+    samples = None
+    if (eval_dir / "predictions.jsonl").is_file():
         lines = (eval_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
         preds = [json.loads(line) for line in lines if line.strip()]
+        samples = [{**p.get("score", {}), "id": p.get("id")} for p in preds]
+    if task == "vqa":
+        if samples is None:
+            raise ValueError(f"{eval_dir / 'predictions.jsonl'}: missing (needed for the yes/no VQA accuracy)")
         yes_no = [p for p in preds if p.get("score", {}).get("question_type") in YES_NO_TYPES]
         result["metrics"]["acc/yes_no"] = (float(np.mean([bool(p["score"]["correct"]) for p in yes_no]))
                                            if yes_no else None)
@@ -41,7 +54,7 @@ def load_evaluation(eval_dir) -> dict:
             accs = [(b["metrics"].get(f"acc/{t}"), counts.get(t, 0)) for t in YES_NO_TYPES]
             n = sum(c for v, c in accs if v is not None)
             b["metrics"]["acc/yes_no"] = sum(v * c for v, c in accs if v is not None) / n if n else None
-    return {"task": task, "result": result, "baselines": baselines, "meta": data.get("meta", {})}
+    return {"task": task, "result": result, "baselines": baselines, "meta": data.get("meta", {}), "samples": samples}
 
 
 def _num(v) -> float | None:
@@ -80,11 +93,62 @@ def learning_checks(evals: Mapping[str, dict]) -> list[dict]:
     return checks
 
 
-def compare(evals: Mapping[str, Mapping[str, dict]], control: Mapping[str, dict] | None = None) -> dict:
+def headline_interval(ev: Mapping, *, level: float = BOOTSTRAP["level"], n_boot: int = BOOTSTRAP["n_boot"],
+                      seed: int = BOOTSTRAP["seed"], where: str = "") -> dict | None:
+    """``{"metric", "value", "low", "high"}`` of one `load_evaluation`'s headline metric (value from
+    metrics.json, interval from its samples); None when the samples lack the per-record outcomes."""
+    task, samples = ev["task"], ev.get("samples")
+    name = HEADLINE[task]
+    value = ev["result"]["metrics"].get(name)
+    if samples is None:
+        return None
+    try:
+        again = intervals.headline_from_samples(task, samples)
+        bounds = intervals.bootstrap_interval(task, samples, n_boot=n_boot, seed=seed, level=level)
+    except intervals.MissingStatistics:
+        return None
+    _check_same(value, again, f"{where}{task} {name}")
+    low, high = bounds if bounds is not None else (None, None)
+    return {"metric": name, "value": _num(value), "low": low, "high": high}
+
+
+def paired_interval(ev_a: Mapping, ev_b: Mapping, *, level: float = BOOTSTRAP["level"],
+                    n_boot: int = BOOTSTRAP["n_boot"], seed: int = BOOTSTRAP["seed"], where: str = "") -> dict | None:
+    """``{"metric", "difference", "low", "high"}``: headline(a) - headline(b) over the same records
+    with its paired bootstrap interval; None when the samples lack the per-record outcomes."""
+    task = ev_a["task"]
+    name = HEADLINE[task]
+    if ev_a.get("samples") is None or ev_b.get("samples") is None:
+        return None
+    try:
+        d = intervals.paired_difference(task, ev_a["samples"], ev_b["samples"], n_boot=n_boot, seed=seed, level=level)
+    except intervals.MissingStatistics:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{where}{task}: {e}") from None
+    for ev in (ev_a, ev_b):
+        _check_same(ev["result"]["metrics"].get(name), intervals.headline_from_samples(task, ev["samples"]),
+                    f"{where}{task} {name}")
+    return {"metric": name, **d}
+
+
+def _check_same(reported, recomputed, what: str) -> None:
+    if (reported is None) != (recomputed is None) or (
+            reported is not None and not np.isclose(float(reported), recomputed, rtol=1e-9, atol=1e-12)):
+        raise ValueError(f"{what}: metrics.json says {reported!r} but its predictions give {recomputed!r}")
+
+
+def compare(evals: Mapping[str, Mapping[str, dict]], control: Mapping[str, dict] | None = None, *,
+            level: float = BOOTSTRAP["level"], n_boot: int = BOOTSTRAP["n_boot"],
+            seed: int = BOOTSTRAP["seed"]) -> dict:
     """The numbers of two models (the first two keys of `evals`, each ``{task: load_evaluation}``),
     their differences, the baselines (from the first model's files), the learning checks, and an
-    optional control model (``{task: load_evaluation}``)."""
+    optional control model (``{task: load_evaluation}``), with bootstrap intervals: ``intervals``
+    holds each model's headline interval and the paired one of A - B per task; each control task
+    its own ``interval`` and the real - shuffled ``drop`` with ``reads_image`` (the drop's interval
+    lies above 0)."""
     a, b = list(evals)[:2]
+    boot = {"level": level, "n_boot": n_boot, "seed": seed}
     order = [t for t in tasks.TASKS_BY_ANSWER if t in evals[a]]
     comparison = {}
     for task in order:
@@ -93,14 +157,26 @@ def compare(evals: Mapping[str, Mapping[str, dict]], control: Mapping[str, dict]
             name: {a: va, b: mb.get(name),
                    "difference": None if va is None or mb.get(name) is None else float(va) - float(mb[name])}
             for name, va in ma.items() if va is None or (isinstance(va, (int, float)) and not isinstance(va, bool))}
+    ctrl = {}
+    for t, c in (control or {}).items():
+        drop = paired_interval(evals[a][t], c, where=f"{a} vs control, ", **boot) if t in evals[a] else None
+        if drop is not None:
+            drop["reads_image"] = None if drop["low"] is None else bool(drop["low"] > 0)
+        ctrl[t] = {"n": c["result"]["n"], "metrics": c["result"]["metrics"],
+                   "interval": headline_interval(c, where="control ", **boot), "drop": drop}
     return {
         "models": {m: {t: {"n": evals[m][t]["result"]["n"], "metrics": evals[m][t]["result"]["metrics"]}
                        for t in order} for m in (a, b)},
         "baselines": {t: {name: bl["metrics"] for name, bl in evals[a][t]["baselines"].items()} for t in order},
         "comparison": comparison,
+        "intervals": {
+            "method": "percentile bootstrap over records; differences paired (same resampled records on both sides)",
+            **boot,
+            "models": {m: {t: headline_interval(evals[m][t], where=f"{m} ", **boot) for t in order} for m in (a, b)},
+            "difference": {t: paired_interval(evals[a][t], evals[b][t], where=f"{a} - {b}, ", **boot) for t in order},
+        },
         "learning_checks": {m: learning_checks(evals[m]) for m in (a, b)},
-        "control_shuffled_images": {t: {"n": c["result"]["n"], "metrics": c["result"]["metrics"]}
-                                    for t, c in (control or {}).items()},
+        "control_shuffled_images": ctrl,
     }
 
 
@@ -118,6 +194,16 @@ def signed(v) -> str:
     return "n/a" if v is None else f"{round(float(v), 3) + 0.0:+.3f}"
 
 
+def with_interval(value, interval: Mapping | None, sign: bool = False) -> str:
+    """``0.583 [0.515, 0.650]`` (``+0.050 [-0.020, 0.120]`` with `sign`); ``[n/a]`` without an interval."""
+    f = signed if sign else fmt
+    if value is None:
+        return "n/a"
+    if not interval or interval.get("low") is None:
+        return f"{f(value)} [n/a]"
+    return f"{f(value)} [{f(interval['low'])}, {f(interval['high'])}]"
+
+
 def markdown(payload: Mapping, *, title: str, intro: Sequence[str], titles: Mapping[str, str],
              training_rows: Sequence[Sequence] = (), pictures: Mapping[str, str] | None = None,
              timings: Mapping[str, float] | None = None, files: Sequence[str] = ()) -> str:
@@ -130,6 +216,9 @@ def markdown(payload: Mapping, *, title: str, intro: Sequence[str], titles: Mapp
     lines = [f"# {title}", ""]
     for paragraph in intro:
         lines += [paragraph, ""]
+    boot = payload.get("intervals") or {}
+    per_model, diffs = boot.get("models", {}), boot.get("difference", {})
+    level = f"{100 * boot.get('level', BOOTSTRAP['level']):g}%"
     lines += ["## Headline metrics (held-out)", "",
               f"| Task | Metric | {ta} | {tb} | {ta} - {tb} | Baseline | n |", "|---|---|---|---|---|---|---|"]
     for task, rows in payload["comparison"].items():
@@ -137,8 +226,15 @@ def markdown(payload: Mapping, *, title: str, intro: Sequence[str], titles: Mapp
         c = rows.get(name, {})
         bl = "; ".join(f"{fmt(v.get(name))} ({bn})" for bn, v in payload["baselines"][task].items()
                        if v.get(name) is not None) or "-"
-        lines.append(f"| {task} | {name} | {fmt(c.get(a))} | {fmt(c.get(b))} | {signed(c.get('difference'))} | "
+        cells = [with_interval(c.get(m), per_model.get(m, {}).get(task)) for m in (a, b)]
+        lines.append(f"| {task} | {name} | {cells[0]} | {cells[1]} | "
+                     f"{with_interval(c.get('difference'), diffs.get(task), sign=True)} | "
                      f"{bl} | {payload['models'][a][task]['n']} |")
+    lines += ["", f"Brackets: {level} bootstrap intervals over the held-out records "
+              f"({boot.get('n_boot', BOOTSTRAP['n_boot'])} resamples, seed {boot.get('seed', BOOTSTRAP['seed'])}); "
+              f"the difference's is paired (both models on the same resampled records), so a difference "
+              f"whose interval excludes 0 is resolved at that level. n/a: the evaluation files lack "
+              f"the per-record outcomes."]
     lines += ["", "## Learning checks (held-out)", "", f"| Check | Rule | {ta} | {tb} | Reference |", "|---|---|---|---|---|"]
     for ca, cb in zip(payload["learning_checks"][a], payload["learning_checks"][b]):
         mark = lambda c: f"{fmt(c['value'])} {'PASS' if c['passed'] else 'FAIL'}"  # noqa: E731
@@ -172,15 +268,20 @@ def markdown(payload: Mapping, *, title: str, intro: Sequence[str], titles: Mapp
                   f"The {ta} model again, with each held-out record's image(s) replaced by another record's "
                   "(same task; question and ground truth unchanged). What survives the swap comes from the "
                   "text alone (question and label priors); the drop is what the model reads from the image.", "",
-                  f"| Task | Metric | {ta}, real images | {ta}, images shuffled | Drop |", "|---|---|---|---|---|"]
+                  f"| Task | Metric | {ta}, real images | {ta}, images shuffled | Drop [{level}] | Reads the image |",
+                  "|---|---|---|---|---|---|"]
         for task in payload["comparison"]:
             if task not in ctrl:
                 continue
             name = HEADLINE[task]
             real, shuf = payload["models"][a][task]["metrics"].get(name), ctrl[task]["metrics"].get(name)
             drop = None if real is None or shuf is None else float(real) - float(shuf)
-            lines.append(f"| {task} | {name} | {fmt(real)} | {fmt(shuf)} | {signed(drop)} |")
-        lines.append("")
+            verdict = (ctrl[task].get("drop") or {}).get("reads_image")
+            verdict = "n/a" if verdict is None else ("yes" if verdict else "not shown")
+            lines.append(f"| {task} | {name} | {fmt(real)} | {fmt(shuf)} | "
+                         f"{with_interval(drop, ctrl[task].get('drop'), sign=True)} | {verdict} |")
+        lines += ["", f"Reads the image: yes when the drop's paired {level} bootstrap interval (same records, "
+                  "real vs shuffled images) lies above 0.", ""]
     if timings:
         parts = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
         lines += ["## Wall time", "", f"{sum(timings.values()):.0f} s in total ({parts}); "

@@ -11,6 +11,8 @@ nothing here reads files or knows the record schema (that is `rsunivlm_jax.eval.
 * `segmentation_metrics` - mIoU over {background, foreground}, cIoU (sum I / sum U) and gIoU (mean
   per-sample IoU, LISA convention: an empty prediction of an empty target scores 1).
 * `change_detection_metrics` - precision, recall, F1 and IoU of the changed class, plus OA.
+* `binary_confusion` / `sample_confusions` - pixel TP / FP / FN / TN, pooled or per sample (the
+  sufficient statistics of both mask metrics, used by `rsunivlm_jax.eval.intervals`).
 * `parse_failure_rate` - fraction of answers that did not parse.
 
 Answer text formats (boxes on 0-100, row-RLE masks) are parsed by `rsunivlm_jax.tasks`.
@@ -219,15 +221,17 @@ def _checked_pairs(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]):
         yield p, g
 
 
+def sample_confusions(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> list[dict]:
+    """Pixel counts of each sample: ``[{"tp", "fp", "fn", "tn"}, ...]`` (foreground = True)."""
+    return [{"tp": int(np.count_nonzero(p & g)), "fp": int(np.count_nonzero(p & ~g)),
+             "fn": int(np.count_nonzero(~p & g)), "tn": int(np.count_nonzero(~p & ~g))}
+            for p, g in _checked_pairs(preds, gts)]
+
+
 def binary_confusion(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> dict:
     """Pixel counts over all samples: ``{"tp", "fp", "fn", "tn"}`` (foreground = True)."""
-    tp = fp = fn = tn = 0
-    for p, g in _checked_pairs(preds, gts):
-        tp += int(np.count_nonzero(p & g))
-        fp += int(np.count_nonzero(p & ~g))
-        fn += int(np.count_nonzero(~p & g))
-        tn += int(np.count_nonzero(~p & ~g))
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    per_sample = sample_confusions(preds, gts)
+    return {k: sum(c[k] for c in per_sample) for k in ("tp", "fp", "fn", "tn")}
 
 
 def sample_ious(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> np.ndarray:

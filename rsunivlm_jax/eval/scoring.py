@@ -12,6 +12,12 @@ Result layout::
      "details": {...non-scalar extras: counts, per-type tables, caption mode...},
      "samples": [...]}            # per-sample outcome, only with return_samples=True
 
+Each sample carries the record's share of its task's metrics (``id``, ``answer``, ``parsed`` and:
+cls, vqa ``correct`` (+ ``question_type``); vg ``iou``, ``correct`` (IoU >= 0.5); cap, ccd, ref
+``cider`` (the record's CIDEr; the corpus CIDEr is their mean); seg, cd ``iou`` and the record's
+pixel ``tp``, ``fp``, ``fn``, ``tn``), so `rsunivlm_jax.eval.intervals` can recompute and
+bootstrap the headline metrics from predictions.jsonl alone.
+
 Per task (metric names in ``metrics``):
 
 * cls: ``accuracy``; parse failure = an answer naming none of the candidate classes.
@@ -179,7 +185,7 @@ def _score_captions(task, records, answers, ctx):
     refs = [_caption_references(task, r, i) for i, r in enumerate(records)]
     res = captions.caption_metrics(answers, refs, mode=ctx["caption_mode"], meteor=ctx["meteor"])
     out = {k: res[k] for k in captions.METRIC_KEYS}
-    samples = [{"parsed": not _empty(a)} for a in answers]
+    samples = [{"parsed": not _empty(a), "cider": c} for a, c in zip(answers, res["CIDEr_per_sample"])]
     if task == "ref":
         truth = [_gt(r, i, "answer", task) for i, r in enumerate(records)]
         out["exact_match"] = metrics.exact_match_accuracy(answers, truth)
@@ -206,7 +212,8 @@ def _mask_metrics(task, records, gts, preds, failed):
         details = metrics.binary_confusion(preds, gts)
     out["parse_failure_rate"] = metrics.parse_failure_rate(failed)
     ious = metrics.sample_ious(preds, gts)
-    return out, details, [{"iou": float(v), "parsed": not f} for v, f in zip(ious, failed)]
+    confusions = metrics.sample_confusions(preds, gts)
+    return out, details, [{"iou": float(v), "parsed": not f, **c} for v, f, c in zip(ious, failed, confusions)]
 
 
 def _score_masks(task, records, answers, ctx):
