@@ -1,14 +1,14 @@
 """LoRA fine-tuning of a converted RSUniVLM checkpoint on your own records (docs/finetune.md).
 
     rsunivlm-train --config configs/lora_finetune.py --workdir runs/lora \
-        --config.init.path=ckpt/rsunivlm-1b --config.data.train=data/mine/train.jsonl \
-        --config.data.eval=data/mine/val.jsonl
+        --config.init.path=ckpt/rsunivlm-1b --config.data.tokenizer=ckpt/rsunivlm-1b \
+        --config.data.train=data/mine/train.jsonl --config.data.eval=data/mine/val.jsonl
 
-The model is the checkpoint's (`model.preset="init"`: architecture and tokenizer read from
-`init.path`). Its weights stay frozen and are held once, in bfloat16 (`lora.base_dtype`); rank-16
-adapters (alpha 32, dropout 0.05, peft's defaults for these) on the decoder's attention
-projections, on every G-MoE expert's gate/up/down (one adapter per expert, routed with its
-expert) and on the connector are trained with AdamW (lr 2e-4, cosine with 3 % warm-up, no weight
+The model is the checkpoint's (`model.preset="init"`: the architecture read from `init.path`;
+`data.tokenizer` names the tokenizer files, which a converted checkpoint holds). Its weights stay
+frozen and are held once, in bfloat16 (`lora.base_dtype`); rank-16 adapters (alpha 32, dropout
+0.05, a common starting point) on the decoder's attention projections, on every G-MoE expert's
+gate/up/down (one adapter per expert, routed with its expert) and on the connector are trained with AdamW (lr 2e-4, cosine with 3 % warm-up, no weight
 decay, clipping 1.0), batch 16 in granularity-homogeneous batches. Checkpoints hold the adapters
 and their optimiser state only. `--config.lora.targets` adds the vision tower ("vision") or picks
 modules by name or path regex (`rsunivlm_jax.lora.config`).

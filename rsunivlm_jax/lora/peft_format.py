@@ -268,8 +268,8 @@ def detect_layout(names, num_experts: int, layout: str | None = None):
                 break
     if not found:
         sample = sorted(names)[:4]
-        raise AdapterFormatError(f"the adapter's module names match no known layout ({list(candidates)}); "
-                                 f"first names: {sample}")
+        which = f"are not those of layout {layout!r}" if layout else f"match none of the layouts {candidates}"
+        raise AdapterFormatError(f"the adapter's module names {which}; first names: {sample}")
     # Layouts that spell the adapted modules alike (e.g. differing only in the vision tower's
     # prefix, for an adapter without vision modules) read the file the same way.
     found = [f for i, f in enumerate(found) if all(f[1] != g[1] for g in found[:i])]
@@ -291,7 +291,10 @@ def load(src: str | os.PathLike, model_config, *, layout: str | None = None) -> 
         raise AdapterFormatError(f"{src / WEIGHTS_FILE}: holds no tensors")
     mods = _module_names(tensors, src)
     num_experts = model_config.gmoe.num_experts
-    lay_name, parsed = detect_layout(list(mods), num_experts, layout)
+    try:
+        lay_name, parsed = detect_layout(list(mods), num_experts, layout)
+    except AdapterFormatError as e:
+        raise AdapterFormatError(f"{src / WEIGHTS_FILE}: {e}") from None
     _, state = abstract_model(model_config)
     kernels = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
     rank = int(cfg["r"])

@@ -134,3 +134,33 @@ def test_adapter_that_does_not_fit_the_model_is_named(llava, tmp_path):
     weights.write_bytes(b"not safetensors")
     with pytest.raises(PF.AdapterFormatError, match="adapter_model.safetensors: not a valid safetensors file"):
         PF.load(tmp_path / "a", pre.config)
+
+
+def test_cli_bad_input_is_one_line_and_status_2(llava, tmp_path, capsys):
+    """`rsunivlm-lora`: a missing directory, a non-LoRA run, a corrupt adapter file and a wrong
+    layout each end with one line naming the input, exit status 2 and nothing at --dst."""
+    from rsunivlm_jax.lora.cli import main
+    _, pre, d = llava
+    base = str(d / "dst")
+    lora = LoraConfig(rank=2, targets=("attention",))
+    PF.save(tmp_path / "a", random_adapters(pre.config, lora), lora, layout="hf_memory_5x", num_experts=1)
+    broken = tmp_path / "broken"
+    PF.save(broken, random_adapters(pre.config, lora), lora, layout="hf_memory_5x", num_experts=1)
+    (broken / PF.WEIGHTS_FILE).write_bytes(b"not safetensors")
+    cases = [
+        (["export", "--run", str(tmp_path / "missing")], "missing: does not exist"),
+        (["export", "--run", base], "not a LoRA training run"),
+        (["merge", "--adapter", str(tmp_path / "missing"), "--base", base], "no adapter_config.json"),
+        (["merge", "--adapter", str(broken), "--base", base], "adapter_model.safetensors: not a valid safetensors"),
+        (["merge", "--adapter", str(tmp_path / "a"), "--base", base, "--layout", "llava_next"],
+         "adapter_model.safetensors: the adapter's module names are not those of layout 'llava_next'"),
+        (["merge", "--adapter", str(tmp_path / "a"), "--base", str(tmp_path / "missing")], "missing: does not exist"),
+        (["merge", "--adapter", str(tmp_path / "a"), "--run", base], "give exactly one of --run"),
+    ]
+    for i, (argv, message) in enumerate(cases):
+        dst = tmp_path / f"out{i}"
+        assert main([*argv, "--dst", str(dst)]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rsunivlm-lora: error: ") and message in err and "\n" not in err, (argv, err)
+        assert not dst.exists(), argv
+    assert main(["merge", "--adapter", str(tmp_path / "a"), "--base", base, "--dst", str(tmp_path / "ok")]) == 0
