@@ -1,4 +1,4 @@
-"""One prepared GPU benchmark: bf16 train-step MFU, prefill latency and decode tokens/s.
+"""One prepared GPU benchmark: bf16 LoRA and full train steps, prefill latency and decode tokens/s.
 
     bash bench/gpu.sh                 # one H100/H200: rsunivlm-1b, < 5 minutes, writes gpu.json
     bash bench/gpu.sh --reduced       # CPU smoke mode (CI): tiny preset, 2 steps, few tokens
@@ -11,6 +11,9 @@ train-step and generation modules (no Grain / TFDS / ml-collections, which the G
   `--seq` decoder positions, grouped G-MoE dispatch. MFU = model FLOPs
   (`train.metrics.flops_per_step`: vision tower included, one expert per token, causal
   attention) / (step time x peak). Peak: 989.4e12 bf16 dense for H100/H200 (the vendor's dense bf16 figure).
+* LoRA step (first, so the device's `peak_bytes_in_use` is its own): `rsunivlm_jax.lora.step` as
+  configs/lora_finetune.py runs it: bfloat16 frozen base, rank-16 adapters on attention, experts
+  and connector, AdamW; same batch, positions and remat as the train step.
 * Prefill latency: generation of 1 token for one image + 50 text tokens, batch 1.
 * Decode: `rsunivlm_jax.generate` with bfloat16 weights, greedy, 64 (`--new`) new tokens at
   batch 1 and 32; tokens/s = batch x new / (time(new) - time(1 token)).
@@ -54,6 +57,31 @@ def peak_for(device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in kind), None)
 
 
+def synthetic_batch(cfg, batch: int, text_len: int, mixed: bool = False) -> dict:
+    """One image + `text_len` text ids per row; granularity 1 (homogeneous) or cycling 0, 1, 2."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, min(1000, cfg.decoder.vocab_size - 2), (batch, text_len)).astype(np.int32)
+    ids[:, 14] = cfg.image_token_id
+    s = cfg.vision.image_size
+    b = {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones(ids.shape, np.float32),
+         "pixel_values": rng.uniform(-1, 1, (batch, 1, s, s, 3)).astype(np.float32),
+         "num_images": np.ones((batch,), np.int32),
+         "granularity": (np.arange(batch) % 3 if mixed else np.ones((batch,))).astype(np.int32)}
+    return jax.device_put(b)
+
+
+def run_steps(step, state, steps: int) -> tuple[float, list[float], dict]:
+    """(first call's seconds, compile included; `steps` further calls' seconds; last metrics) of
+    `state, metrics = step(state)`."""
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        state, m = step(state)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1:], m
+
+
 def train_bench(cfg, batch: int, seq: int, steps: int, mixed: bool = False) -> dict:
     """One train step timed. Homogeneous (every row expert 1): the trainer's one-expert step for
     batches grouped by granularity. `mixed` (rows cycle experts 0, 1, 2): the exact full step."""
@@ -63,25 +91,8 @@ def train_bench(cfg, batch: int, seq: int, steps: int, mixed: bool = False) -> d
     state = step_lib.init_state(params, opt)
     fn = jax.jit(step_lib.make_train_step(graphdef, opt, num_experts=cfg.gmoe.num_experts, model_config=cfg,
                                           homogeneous_batches=not mixed), donate_argnums=(0,))
-    rng = np.random.default_rng(0)
-    ids = rng.integers(2, min(1000, cfg.decoder.vocab_size - 2), (batch, text_len)).astype(np.int32)
-    ids[:, 14] = cfg.image_token_id
-    s = cfg.vision.image_size
-    b = {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones(ids.shape, np.float32),
-         "pixel_values": rng.uniform(-1, 1, (batch, 1, s, s, 3)).astype(np.float32),
-         "num_images": np.ones((batch,), np.int32),
-         "granularity": (np.arange(batch) % 3 if mixed else np.ones((batch,))).astype(np.int32)}
-    b = jax.device_put(b)
-    t0 = time.perf_counter()
-    state, m = fn(state, b)
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m = fn(state, b)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t0)
+    b = synthetic_batch(cfg, batch, text_len, mixed)
+    compile_s, times, m = run_steps(lambda st: fn(st, b), state, steps)
     step_s = statistics.median(times)
     flops = metrics_lib.flops_per_step(cfg, batch, text_len, 1)
     peak = peak_for(jax.devices()[0])
@@ -89,6 +100,37 @@ def train_bench(cfg, batch: int, seq: int, steps: int, mixed: bool = False) -> d
             "compile_s": compile_s, "step_s": step_s, "steps_s": times, "model_flops_per_step": flops,
             "tokens_per_s": batch * seq / step_s, "loss": float(m["loss"]),
             "mfu": None if peak is None else flops / step_s / peak, "peak_flops": peak}
+
+
+def lora_bench(cfg, batch: int, seq: int, steps: int, rank: int = 16) -> dict:
+    """The LoRA step (`rsunivlm_jax.lora.step`, as configs/lora_finetune.py): bfloat16 frozen base
+    passed per call, rank-16 float32 adapters on attention, experts and connector, AdamW. Run first
+    in the process, so the device's peak memory is this step's."""
+    from rsunivlm_jax.lora import adapters as adapters_lib, step as lora_step
+    from rsunivlm_jax.lora.config import LoraConfig
+    from rsunivlm_jax.lora.train import expert_axes
+    cfg = cfg.replace(param_dtype="bfloat16")
+    text_len = seq - (cfg.tokens_per_image - 1)
+    lora = LoraConfig(rank=rank, alpha=2.0 * rank, targets=("attention", "experts", "connector"))
+    _, base = rs.init(cfg, 0)
+    adapters = adapters_lib.init(cfg, lora, 0)
+    opt = optim.make_optimizer(optim.OptimSpec(total_steps=1000, lr=2e-4, weight_decay=0.0), adapters)
+    state = step_lib.init_state(adapters, opt)
+    b = synthetic_batch(cfg, batch, text_len)
+    fn = jax.jit(lora_step.make_train_step(adapters_lib.graphdef(cfg, lora), opt, num_experts=cfg.gmoe.num_experts,
+                                           expert_axes=expert_axes(cfg, lora)), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, base, b).compile()
+    compile_s = time.perf_counter() - t0
+    first_s, times, m = run_steps(lambda st: compiled(st, base, b), state, steps)
+    mem = compiled.memory_analysis()
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"batch": batch, "positions_per_example": seq, "rank": rank, "base_dtype": "bfloat16",
+            "remat": cfg.remat_policy, "compile_s": compile_s, "first_step_s": first_s,
+            "step_s": statistics.median(times), "steps_s": times,
+            "loss": float(m["loss"]), "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
+            "xla_temp_bytes": None if mem is None else mem.temp_size_in_bytes,
+            "xla_argument_bytes": None if mem is None else mem.argument_size_in_bytes}
 
 
 def decode_bench(cfg, batches: list[int], new: int, reps: int) -> dict:
@@ -135,6 +177,9 @@ def main(argv=None) -> dict:
     result = {"device": str(jax.devices()[0]), "device_kind": jax.devices()[0].device_kind,
               "jax": jax.__version__, "preset": "tiny" if args.reduced else "rsunivlm-1b"}
     t0 = time.perf_counter()
+    log("LoRA step ...")
+    result["lora"] = lora_bench(cfg, args.batch, args.seq, args.steps)
+    log(f"lora: {json.dumps(result['lora'])[:300]}")
     log("train step ...")
     result["train"] = train_bench(cfg, args.batch, args.seq, args.steps)
     log(f"train: {json.dumps(result['train'])[:300]}")

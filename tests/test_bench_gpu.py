@@ -21,6 +21,9 @@ def test_gpu_benchmark_reduced_mode(tmp_path):
     assert result["preset"] == "tiny"
     train = result["train"]
     assert train["step_s"] > 0 and train["model_flops_per_step"] > 0 and train["loss"] == train["loss"]
+    lora = result["lora"]
+    assert lora["step_s"] > 0 and lora["rank"] == 16 and lora["base_dtype"] == "bfloat16"
+    assert lora["loss"] == lora["loss"] and lora["xla_temp_bytes"] > 0
     assert result["train_mixed"]["step_s"] > 0 and result["train_mixed"]["vs_homogeneous"] > 0
     for b in ("batch_1", "batch_2"):
         assert result["decode"][b]["new_tokens"] == 8 and result["decode"][b]["prefill_s"] > 0
