@@ -1,14 +1,15 @@
 """Run the CPU benchmarks side by side with the PyTorch reference, then write docs/benchmarks.md.
 
-    .venv/bin/python -m bench                     # everything: ~25 min on this 2-core CPU with nothing else running
+    .venv/bin/python -m bench                     # everything: ~60 min on a 2-core CPU with nothing else running
     .venv/bin/python -m bench --only vision prefill_1img
     .venv/bin/python -m bench --report-only       # re-render docs/benchmarks.md from bench/results/
 
 Each benchmark is a separate process (so peak memory and JIT caches do not mix) and writes
 `bench/results/<name>.json`; `bench.report` turns them into the results page. The wall time and
 load average of each benchmark go to `bench/results/run_log.json`. Repetition counts are chosen
-so the whole run stays well under 45 minutes; the scripts take larger counts on their own.
-Profiles (`python -m bench.profile`) are not part of this run; see docs/profiling.md.
+give every comparison at least 3 alternating rounds; the scripts take larger counts on their own.
+The training-step profile (`profile_train`, for the non-GEMM share of the step) and the XLA:CPU
+options (`xla_options`) are part of the run; other profiles are not, see docs/profiling.md.
 """
 from __future__ import annotations
 
@@ -29,11 +30,15 @@ BENCHES = {
     "vision": ["-m", "bench.vision", "--reps", "5"],
     "prefill_1img": ["-m", "bench.forward", "--images", "1", "--reps", "5"],
     "prefill_2img": ["-m", "bench.forward", "--images", "2", "--reps", "3"],
-    "decode": ["-m", "bench.decode", "--reps", "2"],
+    "decode": ["-m", "bench.decode", "--reps", "3"],
     "vision_bf16": ["-m", "bench.vision", "--reps", "3", "--dtype", "bfloat16"],
     "prefill_1img_bf16": ["-m", "bench.forward", "--images", "1", "--reps", "3", "--dtype", "bfloat16"],
-    "decode_bf16": ["-m", "bench.decode", "--reps", "2", "--batches", "1", "--dtype", "bfloat16"],
-    "train_compare": ["-m", "bench.train_compare", "--rounds", "1", "--steps", "2"],
+    "decode_bf16": ["-m", "bench.decode", "--reps", "3", "--batches", "1", "--dtype", "bfloat16"],
+    "train_compare": ["-m", "bench.train_compare", "--rounds", "3", "--steps", "1"],
+    "profile_train": ["-m", "bench.profile", "train", "--preset", "llava-onevision-0.5b", "--optimizer", "adamw",
+                      "--remat", "dots"],
+    "xla_options": ["-m", "bench.xla_options", "--rounds", "3", "--steps", "1", "--vision_layers", "4",
+                    "--vision_reps", "2"],
     "train_step": ["-m", "bench.train_step", "--steps", "2", "--out", str(RESULTS / "train_step_rsunivlm-1b.json")],
     "data_pipeline": ["bench/data_pipeline.py"],
     "convert": ["bench/convert_full.py", "--export", "--keep"],

@@ -30,6 +30,7 @@ def time_alternating(fns: dict[str, Callable[[], object]], *, reps: int = 5, war
 def machine_info() -> dict:
     import jax
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
     try:
         import torch
@@ -39,6 +40,18 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name (`lscpu`'s "Model name"), from /proc/cpuinfo; "" where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def peak_matmul_flops(n: int = 2048, reps: int = 5, dtype: str = "float32") -> dict:

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.micro gemv        # decode-step GEMVs: kernel layout [in, out] vs [out, in], vs torch
     .venv/bin/python -m bench.micro optimizer   # clip + AdamW: optax's clip vs ours (scalar multiply)
     .venv/bin/python -m bench.micro gemm        # float32 and bfloat16 GEMM rates, XLA vs torch
+    .venv/bin/python -m bench.micro mlp_train   # one SwiGLU MLP fwd + bwd: gate/up as two GEMMs vs one, vs torch
 
 Each prints one JSON line per measurement and writes `bench/results/micro_<what>.json`.
 """
@@ -116,13 +117,76 @@ def gemm(args) -> list[dict]:
     return rows
 
 
+def mlp_train(args) -> list[dict]:
+    """One decoder SwiGLU MLP (Qwen2-0.5B widths, 1,024 tokens), forward + backward (gradients of
+    the input and the three kernels), under the `dots` remat policy as in training: gate and up as
+    two GEMMs (as the model runs them) vs one GEMM over the two kernels concatenated inside the
+    jitted function (fused at compute time), and torch autograd on the same shapes. Variants are
+    timed alternately, `--reps` rounds; best and median per variant."""
+    import statistics
+
+    import torch
+    d, f, t = 896, 4864, 1024
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((1, t, d), np.float32))
+    ct = jnp.asarray(rng.standard_normal((1, t, d), np.float32))
+    w = {k: jnp.asarray(rng.standard_normal(s, np.float32) * 0.02) for k, s in
+         (("gate", (d, f)), ("up", (d, f)), ("down", (f, d)))}
+
+    def separate(w, x):
+        h = jax.nn.silu(jnp.einsum("bti,io->bto", x, w["gate"])) * jnp.einsum("bti,io->bto", x, w["up"])
+        return jnp.einsum("bti,io->bto", h, w["down"])
+
+    def fused(w, x):
+        gu = jnp.einsum("bti,io->bto", x, jnp.concatenate([w["gate"], w["up"]], axis=-1))
+        h = jax.nn.silu(gu[..., :f]) * gu[..., f:]
+        return jnp.einsum("bti,io->bto", h, w["down"])
+
+    policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+
+    def make(fn):
+        loss = lambda w, x: jnp.sum(jax.checkpoint(fn, policy=policy)(w, x) * ct)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+    fns = {"gate, up: two GEMMs": make(separate), "gate+up: one GEMM (kernels concatenated in the step)": make(fused)}
+    ref = jax.tree.map(np.asarray, fns["gate, up: two GEMMs"](w, x))
+    other = jax.tree.map(np.asarray, fns["gate+up: one GEMM (kernels concatenated in the step)"](w, x))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(other)))
+    torch.set_num_threads(2)
+    tw = {k: torch.from_numpy(np.asarray(v).T.copy()).requires_grad_() for k, v in w.items()}
+    tx = torch.from_numpy(np.asarray(x)).requires_grad_()
+    tct = torch.from_numpy(np.asarray(ct))
+    lin = torch.nn.functional.linear
+
+    def run_torch():
+        for p in list(tw.values()) + [tx]:
+            p.grad = None
+        y = lin(torch.nn.functional.silu(lin(tx, tw["gate"])) * lin(tx, tw["up"]), tw["down"])
+        (y * tct).sum().backward()
+
+    calls = {k: (lambda fn=fn: jax.block_until_ready(fn(w, x))) for k, fn in fns.items()}
+    calls["torch autograd"] = run_torch
+    times = {k: [] for k in calls}
+    for c in calls.values():
+        c()
+    for _ in range(args.reps):
+        for k, c in calls.items():
+            t0 = time.perf_counter()
+            c()
+            times[k].append(time.perf_counter() - t0)
+    flops = 3 * 2 * t * 3 * d * f  # forward + 2x backward of three GEMMs
+    return [{"impl": k, "best_ms": min(v) * 1e3, "median_ms": statistics.median(v) * 1e3,
+             "gflops_best": flops / min(v) / 1e9, "max_abs_grad_diff_vs_two_gemms": diff if "one GEMM" in k else 0.0}
+            for k, v in times.items()]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("gemv", "optimizer", "gemm"))
+    p.add_argument("what", choices=("gemv", "optimizer", "gemm", "mlp_train"))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=16, help="gemv: decode steps per timed call")
     args = p.parse_args(argv)
-    rows = {"gemv": gemv, "optimizer": optimizer, "gemm": gemm}[args.what](args)
+    rows = {"gemv": gemv, "optimizer": optimizer, "gemm": gemm, "mlp_train": mlp_train}[args.what](args)
     for r in rows:
         print(json.dumps(r), flush=True)
     result = {"bench": f"micro_{args.what}", "rows": rows, "machine": machine_info()}

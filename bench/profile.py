@@ -493,6 +493,9 @@ def main(argv=None) -> dict:
             f.write(text)
     s["settings"] = {k: v for k, v in vars(args).items() if k not in ("path", "out", "top", "hlo")}
     s["load_average"] = os.getloadavg()
+    s["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    from bench.common import cpu_model
+    s["cpu_model"] = cpu_model()
     s["elapsed_s"] = time.perf_counter() - t0
     print(format_summary(s, args.top))
     out = args.out or os.path.join("bench", "results", f"profile_{args.what}_{args.preset}.json")

@@ -98,6 +98,21 @@ def main(argv=None) -> dict:
         return max(seen)
 
     peak = max(peak_of(b) for bs in blocks.values() for b in bs)
+
+    def gemm_rates(b: dict) -> tuple[float, float]:
+        """(XLA, torch) float32 GEMM GFLOP/s measured by one block (JAX blocks: bench.train_step's
+        XLA sizes before and after the steps plus bench.common's pair; torch blocks: the pair)."""
+        if "matmul" in b:  # torch block
+            pairs = [b["matmul"][k] for k in ("before", "after") if k in b["matmul"]]
+        else:
+            pairs = [b.get("matmul_peak_detail") or {}]
+        xla = [p.get("jax_flops", 0.0) / 1e9 for p in pairs]
+        xla += list((b.get("matmul_peak_by_size_gflops") or {}).values())
+        xla += list((b.get("matmul_peak_after_steps_gflops") or {}).values())
+        return max(xla or [0.0]), max([p.get("torch_flops", 0.0) / 1e9 for p in pairs] or [0.0])
+
+    xla_gemm = max(gemm_rates(b)[0] for bs in blocks.values() for b in bs)
+    torch_gemm = max(gemm_rates(b)[1] for bs in blocks.values() for b in bs)
     first = blocks[sides[0]][0]
     flops = first["model_tflop_per_step"] * 1e12
     out = {"bench": "train_compare", "preset": args.preset, "dtype": "float32", "optimizer": "adamw", "batch": 1,
@@ -106,12 +121,15 @@ def main(argv=None) -> dict:
            "jax_remat_variants": args.jax_remat,
            "torch_attn": args.torch_attn, "torch_checkpointing": args.torch_checkpointing,
            "model_tflop_per_step": flops / 1e12, "matmul_peak_gflops": peak,
+           "xla_gemm_gflops": xla_gemm, "torch_gemm_gflops": torch_gemm,
            "load_average_start_end": [load_start, os.getloadavg()]}
     for side, bs in blocks.items():
         times = [t for b in bs for t in b["step_times_s"]]
         med = statistics.median(times)
         out[side] = {"step_time_s": med, "step_times_s": times, "first_step_s": [b["first_step_s"] for b in bs],
                    "achieved_gflops": flops / med / 1e9, "mfu": flops / med / (peak * 1e9),
+                   "fraction_of_xla_gemm": flops / med / (xla_gemm * 1e9) if xla_gemm else None,
+                   "gemm_gflops_per_block": [gemm_rates(b) for b in bs],
                    "peak_rss_gib": max(b["child_peak_rss_gib"] for b in bs),
                    "cpu_seconds_per_step": [c for b in bs for c in b.get("cpu_seconds_per_step", [])],
                    "load_average_after_each_step": [x for b in bs for x in b.get("load_average_after_each_step", [])],
@@ -128,7 +146,8 @@ def main(argv=None) -> dict:
     write_result(name, out, out_dir=args.results_dir)
     for side in sides:
         x = out[side]
-        print(f"{side}: {x['step_time_s']:.1f} s/step, {x['mfu']:.0%} of {peak:.0f} GFLOP/s"
+        print(f"{side}: {x['step_time_s']:.1f} s/step, {x['mfu']:.0%} of {peak:.0f} GFLOP/s, "
+              f"{x['fraction_of_xla_gemm'] or 0:.0%} of XLA's {xla_gemm:.0f}"
               + (f", {x['speedup_over_torch']:.2f}x transformers" if "speedup_over_torch" in x else ""), flush=True)
     return out
 
