@@ -69,7 +69,20 @@ class GMoEMLP(nnx.Module):
         self.down_proj = ExpertLinear(num_experts, hidden, dim, axes=("mlp", "embed"), **kw)
         self.dispatch, self.dtype = dispatch, dtype
 
+    # One expert and more than one position (training on the batch's expert slice, prefill of a
+    # dense or homogeneous model): gate and up run as one GEMM over their kernels concatenated in
+    # the step. The parameters, their names and their adapters stay separate. One decode step (one
+    # position) keeps two GEMVs, which were faster there. docs/profiling.md,
+    # `python -m bench.micro mlp_train`. False: always the routed two-GEMM path.
+    fuse_gate_up = True
+
     def __call__(self, x: jax.Array, granularity: jax.Array) -> jax.Array:
         dtype = dtype_of(self.dtype)
         kernels = tuple(p.weight().astype(dtype) for p in (self.gate_proj, self.up_proj, self.down_proj))
-        return routing.moe_mlp(x.astype(dtype), kernels, granularity, self.dispatch)
+        x = x.astype(dtype)
+        if self.fuse_gate_up and kernels[0].shape[0] == 1 and x.ndim == 3 and x.shape[1] > 1:
+            gate, up, down = (w[0] for w in kernels)
+            f = gate.shape[-1]
+            gu = jnp.einsum("bti,io->bto", x, jnp.concatenate([gate, up], axis=-1))
+            return jnp.einsum("bti,io->bto", jax.nn.silu(gu[..., :f]) * gu[..., f:], down)
+        return routing.moe_mlp(x, kernels, granularity, self.dispatch)
