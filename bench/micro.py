@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.micro optimizer   # clip + AdamW: optax's clip vs ours (scalar multiply)
     .venv/bin/python -m bench.micro gemm        # float32 and bfloat16 GEMM rates, XLA vs torch
     .venv/bin/python -m bench.micro mlp_train   # one SwiGLU MLP fwd + bwd: gate/up as two GEMMs vs one, vs torch
+    .venv/bin/python -m bench.micro remat       # jax.checkpoint policies on a cut llava-onevision-0.5b gradient
 
 Each prints one JSON line per measurement and writes `bench/results/micro_<what>.json`.
 """
@@ -180,13 +181,66 @@ def mlp_train(args) -> list[dict]:
             for k, v in times.items()]
 
 
+REMAT_POLICIES = {
+    "full (nothing_saveable)": "nothing_saveable",
+    "dots (dots_with_no_batch_dims_saveable)": "dots_with_no_batch_dims_saveable",
+    "dots_all (dots_saveable: attention logits and outputs too)": "dots_saveable",
+    "none (everything_saveable)": "everything_saveable",
+}
+
+
+def remat(args) -> list[dict]:
+    """Loss gradient of llava-onevision-0.5b cut to `--layers` decoder and vision blocks (1,024
+    positions, one image; the full embedding table and LM head) under each `jax.checkpoint`
+    policy of the scanned layers, timed alternately in one process; XLA's temporary bytes of each
+    compiled gradient. Each policy is measured under the config name "dots" by pointing
+    `rsunivlm_jax.layers.scan.REMAT["dots"]` at it while its function is traced."""
+    import statistics
+
+    import rsunivlm_jax as rs
+    from bench.train_step import leafwise_init
+    from rsunivlm_jax.layers import scan as scan_lib
+    from rsunivlm_jax.train import data as data_lib, step as step_lib
+
+    cfg = rs.presets.get("llava-onevision-0.5b").replace(
+        remat_policy="dots", decoder={"num_hidden_layers": args.layers},
+        vision={"num_hidden_layers": args.layers, "num_layers_used": args.layers})
+    text_len = 1024 - (cfg.tokens_per_image - 1)
+    graphdef, params = leafwise_init(cfg)
+    batch = {k: jnp.asarray(v) for k, v in data_lib.RandomBatches(
+        cfg, global_batch=1, text_len=text_len, num_images=1, process_index=0, process_count=1).batch(0).items()}
+    loss_fn = step_lib.make_loss_fn(graphdef, num_experts=1)
+    saved = scan_lib.REMAT["dots"]
+    fns, temp = {}, {}
+    try:
+        for name, policy in REMAT_POLICIES.items():
+            scan_lib.REMAT["dots"] = getattr(jax.checkpoint_policies, policy)
+            fn = jax.jit(jax.grad(lambda p, b: loss_fn(p, b).loss_sum))
+            compiled = fn.lower(params, batch).compile()
+            temp[name] = compiled.memory_analysis().temp_size_in_bytes / 2 ** 30
+            fns[name] = compiled
+    finally:
+        scan_lib.REMAT["dots"] = saved
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        jax.block_until_ready(fn(params, batch))
+    for _ in range(args.reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(params, batch))
+            times[k].append(time.perf_counter() - t0)
+    return [{"policy": k, "best_s": min(v), "median_s": statistics.median(v), "runs_s": v,
+             "xla_temp_gib": temp[k], "layers": args.layers} for k, v in times.items()]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("gemv", "optimizer", "gemm", "mlp_train"))
+    p.add_argument("what", choices=("gemv", "optimizer", "gemm", "mlp_train", "remat"))
+    p.add_argument("--layers", type=int, default=2, help="remat: decoder and vision blocks")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=16, help="gemv: decode steps per timed call")
     args = p.parse_args(argv)
-    rows = {"gemv": gemv, "optimizer": optimizer, "gemm": gemm, "mlp_train": mlp_train}[args.what](args)
+    rows = {"gemv": gemv, "optimizer": optimizer, "gemm": gemm, "mlp_train": mlp_train, "remat": remat}[args.what](args)
     for r in rows:
         print(json.dumps(r), flush=True)
     result = {"bench": f"micro_{args.what}", "rows": rows, "machine": machine_info()}
