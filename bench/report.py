@@ -214,17 +214,21 @@ def _xla_options(lines, load):
               f"with {st['layers']} decoder and {st['layers']} vision blocks; the tower forward has rsunivlm-1b's "
               f"widths and {st['vision_layers']} blocks. Host: {r.get('cpu_model', '')}, load "
               f"{r['load_average_start_end'][0][0]:.1f} -> {r['load_average_start_end'][1][0]:.1f}.", "",
-              "| Variant | XLA_FLAGS | remat | Step | vs first | Vision | vs first | XLA / torch GEMM (GFLOP/s) "
-              "| Step FLOP/s / XLA GEMM | Peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| Variant | XLA_FLAGS | remat | Step (median) | Step per round | vs first | Vision | vs first "
+              "| XLA / torch GEMM (GFLOP/s) | Step FLOP/s / XLA GEMM | Peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, x in r["summary"].items():
         meta = r["variants"][v]
         if x.get("failed"):
-            lines.append(f"| {v} | `{meta['xla_flags']}` | {meta['remat']} | failed | | | | | | |")
+            lines.append(f"| {v} | `{meta['xla_flags']}` | {meta['remat']} | failed | | | | | | | |")
             continue
-        lines.append(f"| {v} | `{meta['xla_flags'] or '(none)'}` | {meta['remat']} | {x['step_s']:.2f} s | "
+        per_round = ", ".join(f"{y['step_s']:.1f}" for y in r["runs"][v] if "step_s" in y)
+        lines.append(f"| {v} | `{meta['xla_flags'] or '(none)'}` | {meta['remat']} | {x['step_s']:.2f} s | {per_round} | "
                      f"{_x(x['step_vs_first'])} | {x['vision_s']:.2f} s | {_x(x['vision_vs_first'])} | "
                      f"{x['xla_gemm_gflops']:.0f} / {x['torch_gemm_gflops']:.0f} | "
                      f"{_floor_pct(x['step_fraction_of_xla_gemm'])} | {x['peak_rss_gib']:.1f} GiB |")
+    lines += ["", "A difference smaller than the spread of a variant's rounds is noise; "
+              "[profiling.md](profiling.md) says which variants were kept."]
 
 
 def _data(lines, load):

@@ -158,3 +158,22 @@ def test_report_decode_fraction_just_under_the_goal_reads_under(tmp_path):
          "speedup_jax_over_torch": 9.4995 / 7.9, "jax_fraction_of_bound": 0.94995, "torch_fraction_of_bound": 0.79}]})
     assert "| decode batch 1 >= 95% of the measured bandwidth bound | 94.9% (torch 79.0%) | **no** |" in \
         report.render(tmp_path)
+
+
+def test_report_xla_options_section_shows_every_round(tmp_path):
+    run = lambda s: {"step_s": s, "vision_s": 1.0}  # noqa: E731
+    summary = lambda s, f: {"step_s": s, "vision_s": 1.0, "xla_gemm_gflops": 80.0, "torch_gemm_gflops": 100.0,  # noqa: E731
+                            "step_fraction_of_xla_gemm": f, "peak_rss_gib": 4.0, "step_vs_first": 10.0 / s,
+                            "vision_vs_first": 1.0}
+    _write(tmp_path, "xla_options", {
+        "settings": {"layers": 2, "vision_layers": 4, "rounds": 2}, "cpu_model": "Some CPU",
+        "load_average_start_end": [[2.0, 2.0, 2.0], [3.0, 3.0, 3.0]],
+        "variants": {"default": {"xla_flags": "", "remat": "dots"}, "x": {"xla_flags": "--a=b", "remat": "dots"},
+                     "bad": {"xla_flags": "--c=d", "remat": "dots"}},
+        "summary": {"default": summary(10.0, 0.5), "x": summary(8.0, 0.625), "bad": {"failed": True}},
+        "runs": {"default": [run(9.0), run(11.0)], "x": [run(7.0), run(9.0)], "bad": [{"failed": 1}]}})
+    text = report.render(tmp_path)
+    assert ("| x | `--a=b` | dots | 8.00 s | 7.0, 9.0 | 1.25x | 1.00 s | 1.00x | 80 / 100 | 62.5% | 4.0 GiB |"
+            in text)
+    assert "| default | `(none)` | dots | 10.00 s | 9.0, 11.0 | 1.00x |" in text
+    assert "| bad | `--c=d` | dots | failed |" in text
