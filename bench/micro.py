@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.micro gemm        # float32 and bfloat16 GEMM rates, XLA vs torch
     .venv/bin/python -m bench.micro mlp_train   # one SwiGLU MLP fwd + bwd: gate/up as two GEMMs vs one, vs torch
     .venv/bin/python -m bench.micro remat       # jax.checkpoint policies on a cut llava-onevision-0.5b gradient
+    .venv/bin/python -m bench.micro fuse_prefill  # dense prefill with gate+up as one GEMM vs two
 
 Each prints one JSON line per measurement and writes `bench/results/micro_<what>.json`.
 """
@@ -233,14 +234,52 @@ def remat(args) -> list[dict]:
              "xla_temp_gib": temp[k], "layers": args.layers} for k, v in times.items()]
 
 
+def fuse_prefill(args) -> list[dict]:
+    """Prefill of the dense llava-onevision-0.5b (one expert, so `GMoEMLP.fuse_gate_up` applies;
+    rsunivlm-1b's 3-expert prefill routes and is unaffected): 1 image + 50 text tokens, logits at
+    every position, gate/up as one GEMM vs two, compiled separately and timed alternately."""
+    import statistics
+
+    import rsunivlm_jax as rs
+    from rsunivlm_jax.functional import merge
+    from rsunivlm_jax.layers import mlp
+
+    cfg = rs.presets.get("llava-onevision-0.5b")
+    graphdef, params = rs.init(cfg, 0)
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray([[cfg.image_token_id] + rng.integers(1000, 100000, 50).tolist()], jnp.int32)
+    s = cfg.vision.image_size
+    px = jnp.asarray(rng.uniform(-1, 1, (1, 1, s, s, 3)).astype(np.float32))
+    g = jnp.zeros(1, jnp.int32)
+    saved = mlp.GMoEMLP.fuse_gate_up
+    fns = {}
+    try:
+        for name, fuse in (("gate, up: two GEMMs", False), ("gate+up: one GEMM", True)):
+            mlp.GMoEMLP.fuse_gate_up = fuse
+            fns[name] = jax.jit(lambda p, i, x, g: merge(graphdef, p)(i, x, g)).lower(params, ids, px, g).compile()
+    finally:
+        mlp.GMoEMLP.fuse_gate_up = saved
+    outs = [np.asarray(fn(params, ids, px, g)) for fn in fns.values()]
+    diff = float(np.max(np.abs(outs[0] - outs[1])))
+    times = {k: [] for k in fns}
+    for _ in range(args.reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(params, ids, px, g))
+            times[k].append(time.perf_counter() - t0)
+    return [{"impl": k, "best_s": min(v), "median_s": statistics.median(v), "runs_s": v,
+             "max_abs_logit_diff": diff} for k, v in times.items()]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("gemv", "optimizer", "gemm", "mlp_train", "remat"))
+    p.add_argument("what", choices=("gemv", "optimizer", "gemm", "mlp_train", "remat", "fuse_prefill"))
     p.add_argument("--layers", type=int, default=2, help="remat: decoder and vision blocks")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=16, help="gemv: decode steps per timed call")
     args = p.parse_args(argv)
-    rows = {"gemv": gemv, "optimizer": optimizer, "gemm": gemm, "mlp_train": mlp_train, "remat": remat}[args.what](args)
+    rows = {"gemv": gemv, "optimizer": optimizer, "gemm": gemm, "mlp_train": mlp_train, "remat": remat,
+            "fuse_prefill": fuse_prefill}[args.what](args)
     for r in rows:
         print(json.dumps(r), flush=True)
     result = {"bench": f"micro_{args.what}", "rows": rows, "machine": machine_info()}
