@@ -174,7 +174,7 @@ def demo_config(variant: str | None = None) -> config_dict.ConfigDict:
     # gives one record per task, so the held-out split has `num_eval` records of each task.
     c.data = config_dict.ConfigDict()
     c.data.num_train = 1000
-    c.data.num_eval = 60
+    c.data.num_eval = 200               # one record per task and scene: 200 held-out records per task
     c.data.image_size = 64
     c.data.grid_size = 8
     c.data.train_split = "train"
@@ -219,8 +219,8 @@ def demo_config(variant: str | None = None) -> config_dict.ConfigDict:
 
     # Evaluation (rsunivlm_jax.eval) on the held-out split.
     c.eval = config_dict.ConfigDict()
-    c.eval.per_task = 60                 # records per task (<= data.num_eval)
-    c.eval.batch_size = 60
+    c.eval.per_task = 200                # records per task (<= data.num_eval)
+    c.eval.batch_size = 100
     c.eval.constrained = True            # grammar-constrained [VG] boxes and [SEG] masks
     c.eval.caption_mode = "java_free"    # "auto" uses the official Java PTB tokenizer + METEOR when found
     c.eval.max_prompt_len = 128
