@@ -315,7 +315,8 @@ def test_diagnose_counts_every_answer_token_and_swaps_images(run):
     recs = [r for r in source.records if r["task"] == "vg"]
     shuffled = diagnose.shuffle_images(recs)
     assert [r["id"] for r in shuffled] == [r["id"] for r in recs]
-    assert [r["image"] for r in shuffled] == [r["image"] for r in recs[1:] + recs[:1]]
+    for key in ("image", "images"):  # the record's path and the resolved one the loader reads
+        assert [r[key] for r in shuffled] == [r[key] for r in recs[1:] + recs[:1]]
     out = diagnose.teacher_forced(model, recs, batch_size=3)
     # the answer's tokens are scored (its text, then <|im_end|>), not the chat template around it
     expected = sum(len(model.tokenizer.encode(r["conversations"][1]["value"])) + 1 for r in recs)
@@ -324,7 +325,7 @@ def test_diagnose_counts_every_answer_token_and_swaps_images(run):
     for k in ("acc_all", "acc_digit", "acc_other"):
         assert 0.0 <= out[k] <= 1.0
     # the same image for every record: shuffling changes nothing
-    same = [{**r, "image": recs[0]["image"]} for r in recs]
+    same = [{**r, "image": recs[0]["image"], "images": recs[0]["images"]} for r in recs]
     a, b = diagnose.teacher_forced(model, same), diagnose.teacher_forced(model, diagnose.shuffle_images(same))
     assert a == b
 
