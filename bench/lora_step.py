@@ -74,7 +74,7 @@ def run_child(args) -> dict:
     import jax.numpy as jnp
 
     import rsunivlm_jax as rs
-    from bench.train_step import jitted_step, leafwise_init
+    from bench.train_step import jitted_step, leafwise_init, time_steps
     from rsunivlm_jax.lora import adapters as adapters_lib, step as lora_step
     from rsunivlm_jax.lora.config import LoraConfig
     from rsunivlm_jax.lora.train import expert_axes
@@ -129,20 +129,7 @@ def run_child(args) -> dict:
     if args.compile_only:
         return {**row, "ran": False, "peak_rss_gib_compile_only": _peak_rss_gib()}
     call = (lambda s, b: compiled(s, base, b)) if args.mode == "lora" else compiled  # noqa: E731
-    t0 = time.perf_counter()
-    state, m = call(state, batches[0])
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
-    _log(f"{args.mode}: first step {first:.1f} s, loss {float(m['loss']):.4f}")
-    times, cpu_times = [], []
-    for i in range(1, args.steps + 1):
-        t0, c0 = time.perf_counter(), time.process_time()
-        state, m = call(state, batches[i])
-        jax.block_until_ready((state, m))
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-        _log(f"{args.mode}: step {i} {times[-1]:.2f} s ({cpu_times[-1]:.1f} CPU s), loss {float(m['loss']):.4f}, "
-             f"load {os.getloadavg()[0]:.1f}")
+    state, m, first, times, cpu_times, _ = time_steps(call, state, batches, lambda msg: _log(f"{args.mode}: {msg}"))
     return {**row, "ran": True, "first_step_s": first, "step_times_s": times,
             "step_time_s": statistics.median(times) if times else None, "cpu_seconds_per_step": cpu_times,
             "final_loss": float(m["loss"]),

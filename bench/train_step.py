@@ -94,6 +94,27 @@ def leafwise_init(cfg):
     return graphdef, jax.tree_util.tree_unflatten(jax.tree.structure(abstract), out)
 
 
+def time_steps(fn, state, batches, log):
+    """Runs `fn(state, batch)` over `batches`: the first call (compile + run) apart, then each later
+    one timed (wall and CPU seconds, load). Returns (state, metrics, first_s, times, cpu_times, loads)."""
+    t0 = time.perf_counter()
+    state, m = fn(state, batches[0])
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    log(f"first step (compile + run) {first:.1f} s, loss {float(m['loss']):.4f}")
+    times, cpu_times, loads = [], [], []
+    for i in range(1, len(batches)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        state, m = fn(state, batches[i])
+        jax.block_until_ready((state, m))
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+        loads.append(_load1())
+        log(f"step {i}: {times[-1]:.2f} s wall, {cpu_times[-1]:.1f} s CPU, loss {float(m['loss']):.4f}, "
+            f"load {loads[-1]}")
+    return state, m, first, times, cpu_times, loads
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="rsunivlm-1b")
@@ -144,21 +165,7 @@ def main(argv=None) -> dict:
                                  process_index=0, process_count=1)
     batches = [{k: jnp.asarray(v) for k, v in src.batch(i).items()} for i in range(args.steps + 1)]
 
-    t0 = time.perf_counter()
-    state, m = fn(state, batches[0])
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
-    log(f"first step (compile + run) {first:.1f} s, loss {float(m['loss']):.4f}")
-    times, cpu_times, loads = [], [], []
-    for i in range(1, args.steps + 1):
-        t0, c0 = time.perf_counter(), time.process_time()
-        state, m = fn(state, batches[i])
-        jax.block_until_ready((state, m))
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-        loads.append(_load1())
-        log(f"step {i}: {times[-1]:.2f} s wall, {cpu_times[-1]:.1f} s CPU, loss {float(m['loss']):.4f}, "
-            f"load {loads[-1]}")
+    state, m, first, times, cpu_times, loads = time_steps(fn, state, batches, log)
 
     # Peak again after the steps (the machine may be shared): the machine's peak is the best seen.
     del state, batches
