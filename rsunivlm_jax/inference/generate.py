@@ -75,10 +75,9 @@ def _decode_layers(model, granularity: jax.Array, homogeneous: bool):
     bandwidth-bound decode step. So the stack is split into one state per layer here and the layers
     are unrolled in the step. When every row uses one expert (`homogeneous`, known on the host),
     only that expert's slice is kept (`routing.take_expert`, by the `expert` logical axis).
-    Matrices are stored transposed (`[out, in]`): `_layers_for_step` transposes them back inside the
-    loop, where XLA folds the transpose into the dot, so the one-row GEMVs read the `[out, in]`
-    buffer (~1.3x faster on XLA:CPU than `[in, out]`, `python -m bench.micro gemv`).
-    Returns (layer graphdef, [stored state per layer], granularity to pass to the layers).
+    The matrices keep their `[in, out]` layout: a transpose inside the loop is not folded into the
+    dot by XLA:CPU but copied at every step (4x slower decoding, docs/profiling.md).
+    Returns (layer graphdef, [state per layer], granularity to pass to the layers).
     """
     cfg = model.config
     graphdef, state = nnx.split(model.decoder.layers)
@@ -86,16 +85,13 @@ def _decode_layers(model, granularity: jax.Array, homogeneous: bool):
     if cfg.gmoe.num_experts > 1 and homogeneous:
         params = routing.take_expert(params, routing.expert_axes(graphdef, params), granularity[0])
         granularity = jnp.zeros_like(granularity)
-    flip = lambda a: jnp.swapaxes(a, -1, -2) if a.ndim >= 3 else a  # noqa: E731  (layer axis + matrix)
-    params = jax.tree.map(flip, params)
     layers = [jax.tree.map(lambda a, i=i: a[i], params) for i in range(cfg.decoder.num_hidden_layers)]
     return graphdef, layers, granularity
 
 
 def _layers_for_step(graphdef, layers) -> list:
-    """The per-layer modules of one decode step, matrices back in their `[in, out]` layout."""
-    flip = lambda a: jnp.swapaxes(a, -1, -2) if a.ndim >= 2 else a  # noqa: E731
-    return [nnx.merge(graphdef, jax.tree.map(flip, p)) for p in layers]
+    """The per-layer modules of one decode step."""
+    return [nnx.merge(graphdef, p) for p in layers]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
