@@ -61,13 +61,9 @@ def child(name: str, args) -> dict:
     import numpy as np
 
     import rsunivlm_jax as rs
-    from rsunivlm_jax.layers import scan as scan_lib
 
     _, _, remat = VARIANTS[name]
     policy_name = remat
-    if remat not in ("none", "full", "dots"):  # measured under a config-valid name
-        scan_lib.REMAT["dots"] = {"dots_all": jax.checkpoint_policies.dots_saveable}[remat]
-        policy_name = "dots"
     out = {"variant": name, "xla_flags": os.environ.get("XLA_FLAGS", ""), "remat": remat}
     out["gemm_before"] = _gemm_rates()
 

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any
 
 DISPATCH_MODES = ("auto", "dense_mask", "ragged", "gather")  # see rsunivlm_jax.routing
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "dots_all")  # rsunivlm_jax.layers.scan.REMAT
 RUNTIME_FIELDS = ("dtype", "remat_policy", "attention_causal_blocks", "gmoe_dispatch")
 
 

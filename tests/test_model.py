@@ -139,8 +139,17 @@ def test_remat_and_bf16_compute(tiny):
     ids, px = _batch(cfg)
     g = jnp.zeros(2, jnp.int32)
     ref = rs.forward(graphdef, params, ids, px, g)
-    gd_remat, _ = rs.abstract_init(cfg.replace(remat_policy="full"))
-    np.testing.assert_allclose(np.asarray(rs.forward(gd_remat, params, ids, px, g)), np.asarray(ref), atol=1e-6)
+    def grad(gd):
+        return jax.grad(lambda p: jnp.sum(jnp.tanh(rs.forward(gd, p, ids, px, g))))(params)
+
+    ref_grad = grad(graphdef)
+    for policy in ("full", "dots", "dots_all"):
+        gd_remat, _ = rs.abstract_init(cfg.replace(remat_policy=policy))
+        np.testing.assert_allclose(np.asarray(rs.forward(gd_remat, params, ids, px, g)), np.asarray(ref), atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
+                     grad(gd_remat), ref_grad)
+    with pytest.raises(ValueError, match="remat_policy='most'"):
+        cfg.replace(remat_policy="most")
     gd_bf16, _ = rs.abstract_init(cfg.replace(dtype="bfloat16"))
     out = rs.forward(gd_bf16, params, ids, px, g)
     assert out.dtype == jnp.float32

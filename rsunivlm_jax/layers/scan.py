@@ -14,6 +14,8 @@ REMAT = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # also keeps the batched dots (attention logits and outputs): more memory, fewer recomputations
+    "dots_all": jax.checkpoint_policies.dots_saveable,
 }
 
 

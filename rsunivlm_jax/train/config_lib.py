@@ -36,7 +36,7 @@ def base_config() -> config_dict.ConfigDict:
     c.model.dispatch = "auto"                   # G-MoE strategy for mixed batches: auto | dense_mask | ragged | gather
     c.model.dtype = "bfloat16"                  # compute dtype
     c.model.param_dtype = "float32"             # master parameters (and grads, Adam moments)
-    c.model.remat_policy = "none"               # "none" | "full" | "dots"
+    c.model.remat_policy = "none"               # "none" | "full" | "dots" | "dots_all"
     c.model.overrides = config_dict.ConfigDict()  # any other ModelConfig.replace kwargs (nested)
 
     # Initialisation (ignored when the workdir already has a checkpoint: the run resumes).
