@@ -78,6 +78,10 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     return {"seeds": seeds, "tasks": table}
 
 
+def _num(x, fmt: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
 def markdown(summary: dict) -> str:
     seeds = summary["seeds"]
     head = "| Task | Metric | n | " + " | ".join(f"seed {s}: G-MoE / dense, difference [95% CI]" for s in seeds)
@@ -87,7 +91,9 @@ def markdown(summary: dict) -> str:
         cells = []
         for s in seeds:
             r = t["seeds"][s]
-            cells.append(f"{r['gmoe']:.3f} / {r['dense']:.3f}, {r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]")
+            ci = ("[no per-record results]" if r["low"] is None or r["high"] is None
+                  else f"[{r['low']:+.3f}, {r['high']:+.3f}]")
+            cells.append(f"{_num(r['gmoe'])} / {_num(r['dense'])}, {_num(r['difference'], '+.3f')} {ci}")
         sd = "" if t["difference_sd"] is None else f" ({t['difference_sd']:.3f})"
         lines.append(f"| {task} | {t['metric']} | {t['n']} | " + " | ".join(cells) +
                      f" | {t['gmoe_mean']:.3f} | {t['dense_mean']:.3f} | {t['difference_mean']:+.3f}{sd} | {t['verdict']} |")

@@ -357,3 +357,14 @@ def test_seed_study_verdicts():
     assert verdict([{"low": 0.01, "high": 0.2}, {"low": 0.02, "high": 0.1}]) == "G-MoE better"
     assert verdict([{"low": -0.2, "high": -0.01}] * 3) == "dense better"
     assert verdict([{"low": 0.01, "high": 0.2}, {"low": -0.02, "high": 0.1}]) == "no clear difference"
+
+
+def test_seed_study_table_marks_runs_without_per_record_results():
+    """Evaluation directories written before per-record results were kept have no intervals: the
+    table says so instead of failing."""
+    from rsunivlm_jax.demo_study import markdown, summarise
+    row = {"metric": "accuracy", "n": 10, "gmoe": 0.5, "dense": 0.4, "difference": 0.1, "low": None, "high": None}
+    from rsunivlm_jax import tasks
+    text = markdown(summarise({0: {t: dict(row) for t in tasks.TASKS_BY_ANSWER}}))
+    assert "0.500 / 0.400, +0.100 [no per-record results]" in text
+    assert "no clear difference" in text
