@@ -1,12 +1,17 @@
-"""Grounding on the easiest set: trains the main job's model on coloured-square `[VG]` records only
-and scores held-out boxes with real and with shuffled images (docs/demo.md, "What blocks selective reading").
+"""Grounding and masks on the easiest sets: trains the main job's model on coloured-square records of
+one task only and scores held-out answers with real and with shuffled images (docs/demo.md, "What
+blocks selective reading").
 
     python -m tools.grounding_squares --workdir runs/squares1 --squares 1 --steps 600
     python -m tools.grounding_squares --workdir runs/squares2 --squares 2 --steps 2000
+    python -m tools.grounding_squares --workdir runs/masks_seg --task seg --steps 600
+    python -m tools.grounding_squares --workdir runs/masks_cd --task cd_compare --steps 600
 
-`--squares 1`: one square per image, so only the image has to be read; `--squares 2`: two squares,
-the question names one by its colour (text-conditioned selection). Prints and writes
-``<workdir>/result.json``: Acc@0.5 and mean IoU with the real and with the shuffled images.
+`--task vg` (default): `[VG]` boxes; `--squares 1`: one square per image, so only the image has to be
+read; `--squares 2`: two squares, the question names one by its colour (text-conditioned selection).
+`--task seg | cd_colour | cd_compare`: 8x8 row-RLE masks of cell-aligned squares
+(`rsunivlm_jax.data.synthetic.squares.write_square_masks`). Prints and writes
+``<workdir>/result.json``: the task's metrics with the real and with the shuffled images.
 """
 from __future__ import annotations
 
@@ -16,12 +21,15 @@ import sys
 from pathlib import Path
 
 
+METRICS = {"vg": ("acc@0.5", "mean_iou"), "seg": ("miou", "giou"), "cd": ("f1", "iou")}
+
+
 def run(workdir, *, squares: int = 1, steps: int = 600, num_train: int = 3000, num_eval: int = 100,
-        overrides=()) -> dict:
+        overrides=(), task: str = "vg") -> dict:
     from rsunivlm_jax import demo, fileio
     from rsunivlm_jax.data import bpe
     from rsunivlm_jax.data.records import load_records, load_source
-    from rsunivlm_jax.data.synthetic.squares import write_squares
+    from rsunivlm_jax.data.synthetic.squares import write_square_masks, write_squares
     from rsunivlm_jax.data.tokenizer import Tokenizer
     from rsunivlm_jax.eval.evaluate import EvalOptions, evaluate
     from rsunivlm_jax.inference.predict import load_model
@@ -29,15 +37,19 @@ def run(workdir, *, squares: int = 1, steps: int = 600, num_train: int = 3000, n
 
     work = Path(workdir)
     data, tok, run_dir = work / "data", work / "tokenizer", work / "run"
+    kind = "vg" if task == "vg" else ("seg" if task == "seg" else "cd")
     if not (data / "test.jsonl").is_file():
-        write_squares(data, num_train, split="train", num_squares=squares)
-        write_squares(data, num_eval, split="test", num_squares=squares)
+        for split, n in (("train", num_train), ("test", num_eval)):
+            if task == "vg":
+                write_squares(data, n, split=split, num_squares=squares)
+            else:
+                write_square_masks(data, n, split=split, kind=task)
     if not (tok / "tokenizer.json").is_file():
         bpe.train_tokenizer(bpe.corpus_texts(load_records(data / "train.jsonl", data, check_files=False)), tok)
     vocab = Tokenizer.from_dir(tok, image_token_id=0).vocab_size
     cfg = demo.load_config("full", [f"train.stage1_steps={steps}", *overrides])
-    for task in cfg.data.task_weights:                       # grounding only
-        cfg.data.task_weights[task] = 1.0 if task == "vg" else 0.0
+    for name in cfg.data.task_weights:                       # this task only
+        cfg.data.task_weights[name] = 1.0 if name == kind else 0.0
     c = config_lib.demo_stage_config(cfg, "stage1", data_dir=str(data), tokenizer_dir=str(tok), stage1_dir="",
                                      tokenizer_vocab=vocab)
     c.data.eval, c.eval.every, c.ckpt.every = "", 0, steps
@@ -45,12 +57,14 @@ def run(workdir, *, squares: int = 1, steps: int = 600, num_train: int = 3000, n
     fileio.atomic_write_bytes(run_dir / "tokenizer.json", (tok / "tokenizer.json").read_bytes())
     trainer.train(c, str(run_dir))
     model = load_model(run_dir)
-    source = load_source(data / "test.jsonl", grid_size=8, max_images=1)
-    options = EvalOptions(batch_size=num_eval, max_new_tokens=24, constrained=True, grid_size=8, num_examples=0)
-    out = {"squares": squares, "steps": steps, "num_train": num_train, "num_eval": num_eval}
+    source = load_source(data / "test.jsonl", grid_size=8, max_images=2)
+    options = EvalOptions(batch_size=num_eval, max_new_tokens=24 if kind == "vg" else 256, constrained=True,
+                          grid_size=8, num_examples=0)
+    out = {"task": task, "squares": squares if task == "vg" else None, "steps": steps, "num_train": num_train,
+           "num_eval": num_eval}
     for name, records in (("real", source), ("shuffled", demo.shuffled_images(source, num_eval))):
-        m = evaluate(model, records, source.root, "vg", options, progress=False)["result"]["metrics"]
-        out[name] = {k: m[k] for k in ("acc@0.5", "mean_iou")}
+        m = evaluate(model, records, source.root, kind, options, progress=False)["result"]["metrics"]
+        out[name] = {k: m[k] for k in METRICS[kind]}
     fileio.atomic_write_json(work / "result.json", out, sort_keys=True)
     return out
 
@@ -58,7 +72,8 @@ def run(workdir, *, squares: int = 1, steps: int = 600, num_train: int = 3000, n
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
-    p.add_argument("--squares", type=int, default=1, choices=(1, 2, 3, 4))
+    p.add_argument("--task", default="vg", choices=("vg", "seg", "cd_colour", "cd_compare"))
+    p.add_argument("--squares", type=int, default=1, choices=(1, 2, 3, 4), help="--task vg: squares per image")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--num-train", type=int, default=3000)
     p.add_argument("--num-eval", type=int, default=100)
@@ -66,7 +81,7 @@ def main(argv=None) -> int:
                    help="main-job config override, e.g. train.lr=2e-3")
     a = p.parse_args(argv)
     print(json.dumps(run(a.workdir, squares=a.squares, steps=a.steps, num_train=a.num_train, num_eval=a.num_eval,
-                         overrides=a.overrides), indent=1))
+                         overrides=a.overrides, task=a.task), indent=1))
     return 0
 
 

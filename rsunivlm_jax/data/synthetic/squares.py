@@ -72,3 +72,78 @@ def write_squares(out_dir, num: int, *, split: str = "train", num_squares: int =
     path = os.path.join(out_dir, f"{split}.jsonl")
     fileio.atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+MASK_KINDS = ("seg", "cd_colour", "cd_compare")
+
+
+def _place_cells(rng, size: int, cell: int, taken: list) -> list[int]:
+    """A square of 2 or 3 grid cells per side on the cell grid, not overlapping `taken`."""
+    for _ in range(1000):
+        side = int(rng.integers(2, 4)) * cell
+        x1 = int(rng.integers(0, (size - side) // cell + 1)) * cell
+        y1 = int(rng.integers(0, (size - side) // cell + 1)) * cell
+        box = [x1, y1, x1 + side, y1 + side]
+        if all(box[2] <= o[0] or o[2] <= box[0] or box[3] <= o[1] or o[3] <= box[1] for o in taken):
+            return box
+    raise RuntimeError("no free place for a square")
+
+
+def write_square_masks(out_dir, num: int, *, kind: str, split: str = "train", image_size: int = 64,
+                       grid_size: int = 8, seed: int = 0) -> str:
+    """Writes `num` mask records (``<split>.jsonl``, PNGs, masks) of the easiest mask sets, every
+    square on the `grid_size` cell grid so the answer grid is exact:
+
+    * ``seg``: a red and a blue square; ``[SEG] red.`` asks for the red one (no selection: the
+      target always has the same colour; what is tested is reading cells into row-wise RLE text);
+    * ``cd_colour``: two images; the second adds a red square next to a blue one present in both
+      (the change is visible in the second image alone);
+    * ``cd_compare``: two images; a red square in both, the second adds another red square (only a
+      comparison of the two images finds the change).
+
+    Change records ask ``[SEG] Please segment the red area that have changed in the second image.``
+    Returns the records' path."""
+    from PIL import Image
+    check_split(split)
+    if kind not in MASK_KINDS:
+        raise ValueError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
+    if image_size % grid_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of grid_size {grid_size}")
+    cell = image_size // grid_size
+    rng = np.random.default_rng([seed, MASK_KINDS.index(kind), sum(map(ord, split))])
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+
+    def save(array, rel):
+        tmp = os.path.join(out_dir, rel + ".tmp")
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, os.path.join(out_dir, rel))
+
+    lines = []
+    for i in range(int(num)):
+        before = np.full((image_size, image_size, 3), int(rng.integers(90, 150)), np.uint8)
+        other = _place_cells(rng, image_size, cell, [])
+        before[other[1]:other[3], other[0]:other[2]] = COLOURS["red" if kind == "cd_compare" else "blue"]
+        target = _place_cells(rng, image_size, cell, [other])
+        after = before.copy()
+        after[target[1]:target[3], target[0]:target[2]] = COLOURS["red"]
+        mask = np.zeros((image_size, image_size), np.uint8)
+        mask[target[1]:target[3], target[0]:target[2]] = 255
+        stem = f"{kind}_{split}_{i:06d}"
+        save(after, f"images/{stem}.png")
+        save(mask, f"masks/{stem}.png")
+        answer = T.encode_mask(T.mask_to_grid(mask > 0, grid_size), "red")
+        if kind == "seg":
+            task, images, question = "seg", f"images/{stem}.png", T.make_user_message("seg", label="red")
+        else:
+            save(before, f"images/{stem}_a.png")
+            task, images = "cd", [f"images/{stem}_a.png", f"images/{stem}.png"]
+            question = T.make_user_message("cd", label="red")
+        lines.append(json.dumps({
+            "id": f"{stem}", "task": task, "image": images,
+            "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+            "gt": {"mask": f"masks/{stem}.png", "label": "red", "width": image_size, "height": image_size,
+                   "grid_size": grid_size}}))
+    path = os.path.join(out_dir, f"{split}.jsonl")
+    fileio.atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
