@@ -43,9 +43,13 @@ class Linear(nnx.Module):
     """y = x @ kernel + bias (torch `nn.Linear` with weight transposed to `[in, out]`).
 
     `lora`: an adapter attached by `rsunivlm_jax.lora.adapters` (None otherwise); its `delta(x)`
-    is added to the output, as peft's `LoraLayer` adds `lora_B(lora_A(dropout(x))) * scaling`."""
+    is added to the output, as peft's `LoraLayer` adds `lora_B(lora_A(dropout(x))) * scaling`.
+    `kernel_transposed` (static; False as built, trained and saved): the kernel is stored `[out, in]`,
+    as torch stores it. Only `rsunivlm_jax.inference.generate`'s decode copy sets it: XLA:CPU's
+    one-row GEMV reads that layout ~1.25x faster (docs/profiling.md)."""
 
     lora = None
+    kernel_transposed = False
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
                  use_bias: bool = True, rngs: nnx.Rngs, stack: tuple[int, ...] = (),
@@ -58,7 +62,8 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = dtype_of(self.dtype)
-        y = jnp.einsum("...d,df->...f", x.astype(dtype), self.kernel[...].astype(dtype))
+        spec = "...d,fd->...f" if self.kernel_transposed else "...d,df->...f"
+        y = jnp.einsum(spec, x.astype(dtype), self.kernel[...].astype(dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         if self.lora is not None:

@@ -37,9 +37,11 @@ class ExpertLinear(nnx.Module):
 
     `lora`: per-expert adapters attached by `rsunivlm_jax.lora.adapters` (None otherwise); `weight()`
     then returns `W_e + scaling * A_e @ B_e`, so every routing strategy routes rows to their expert's
-    adapter exactly as to its kernel."""
+    adapter exactly as to its kernel. `kernel_transposed`: stored `[E, out, in]` (the decode copy, see
+    `Linear`; only for one expert and no adapter, and then `GMoEMLP` reads it directly)."""
 
     lora = None
+    kernel_transposed = False
 
     def __init__(self, num_experts: int, d_in: int, d_out: int, *, axes: tuple[str, str], rngs: nnx.Rngs,
                  stack: tuple[int, ...] = (), param_dtype: str = "float32"):
@@ -78,6 +80,11 @@ class GMoEMLP(nnx.Module):
 
     def __call__(self, x: jax.Array, granularity: jax.Array) -> jax.Array:
         dtype = dtype_of(self.dtype)
+        if self.gate_proj.kernel_transposed:  # the decode copy: one expert, kernels [1, out, in]
+            gate, up, down = (p.kernel[...][0].astype(dtype) for p in (self.gate_proj, self.up_proj, self.down_proj))
+            x = x.astype(dtype)
+            h = jax.nn.silu(jnp.einsum("bti,oi->bto", x, gate)) * jnp.einsum("bti,oi->bto", x, up)
+            return jnp.einsum("bti,oi->bto", h, down)
         kernels = tuple(p.weight().astype(dtype) for p in (self.gate_proj, self.up_proj, self.down_proj))
         x = x.astype(dtype)
         if self.fuse_gate_up and kernels[0].shape[0] == 1 and x.ndim == 3 and x.shape[1] > 1:

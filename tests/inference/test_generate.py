@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import rsunivlm_jax as rs
 from rsunivlm_jax import checkpoints
@@ -212,9 +213,10 @@ def test_sharded_batch_matches_single_device(tiny):
     assert sharded.tokens.shape == (3, 6) and (sharded.tokens == plain.tokens).all()
 
 
-def test_decode_layers_are_expert_slices(tiny):
-    """The decode loop keeps one state per layer (the batch's expert only, when all rows share
-    one); `_layers_for_step` gives back the model's own layers. The model is untouched."""
+def test_decode_layers_are_transposed_expert_slices(tiny):
+    """The decode loop stores each layer's matrices `[out, in]` (the batch's expert only, when all
+    rows share one) in modules marked `kernel_transposed`, which compute what the model's own
+    layers compute; with mixed experts the expert kernels keep their layout. The model is untouched."""
     from rsunivlm_jax.functional import merge
     from rsunivlm_jax.inference.generate import _decode_layers, _layers_for_step
 
@@ -223,13 +225,24 @@ def test_decode_layers_are_expert_slices(tiny):
     layer_graphdef, layers, g = _decode_layers(model, jnp.asarray([2, 2]), True)
     assert len(layers) == cfg.decoder.num_hidden_layers and (np.asarray(g) == 0).all()
     stacked = params["decoder"]["layers"]
-    up = np.asarray(layers[0]["mlp"]["up_proj"]["kernel"])  # expert 2 of layer 0, stored [1, D, F]
-    np.testing.assert_array_equal(up[0], np.asarray(stacked["mlp"]["up_proj"]["kernel"])[0, 2])
+    up = np.asarray(layers[0]["mlp"]["up_proj"]["kernel"])  # expert 2 of layer 0, stored [1, F, D]
+    np.testing.assert_array_equal(up[0], np.asarray(stacked["mlp"]["up_proj"]["kernel"])[0, 2].T)
+    q = np.asarray(layers[1]["self_attn"]["q_proj"]["kernel"])
+    np.testing.assert_array_equal(q, np.asarray(stacked["self_attn"]["q_proj"]["kernel"])[1].T)
     layer = _layers_for_step(layer_graphdef, layers)[1]
-    np.testing.assert_array_equal(np.asarray(layer.self_attn.q_proj.kernel[...]),
-                                  np.asarray(stacked["self_attn"]["q_proj"]["kernel"])[1])
+    assert layer.self_attn.q_proj.kernel_transposed and layer.mlp.up_proj.kernel_transposed
+    assert not model.decoder.layers.self_attn.q_proj.kernel_transposed
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1, cfg.decoder.hidden_size)), jnp.float32)
+    own = jax.tree.map(lambda a: a[1], nnx.to_pure_dict(nnx.state(model.decoder.layers)))
+    own_layer = nnx.merge(nnx.graphdef(model.decoder.layers), own)
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(np.asarray(layer.self_attn.q_proj(x)), np.asarray(own_layer.self_attn.q_proj(x)),
+                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(layer.mlp(x, jnp.zeros((2,), jnp.int32))),
+                                   np.asarray(own_layer.mlp(x, jnp.full((2,), 2, jnp.int32))), atol=1e-6)
     _, mixed, g = _decode_layers(model, jnp.asarray([2, 0]), False)  # all experts kept, rows keep theirs
-    assert np.asarray(mixed[0]["mlp"]["up_proj"]["kernel"]).shape[0] == 3 and (np.asarray(g) == [2, 0]).all()
+    assert np.asarray(mixed[0]["mlp"]["up_proj"]["kernel"]).shape == np.asarray(stacked["mlp"]["up_proj"]["kernel"]).shape[1:]
+    assert (np.asarray(g) == [2, 0]).all()
 
 
 def test_decode_loop_copies_no_weights(tiny):

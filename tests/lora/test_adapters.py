@@ -152,3 +152,24 @@ def test_peft_names_are_the_torch_export_keys_and_llava_next_round_trips(tmp_pat
     assert lora_back.scaling == lora.scaling
     with pytest.raises(ValueError, match="has one MLP per layer"):
         PF.save(tmp_path / "b", adapters, lora, layout="hf_memory_5x", num_experts=3)
+
+
+@pytest.mark.parametrize("targets", [ALL, ("attention",)])
+def test_generate_with_unmerged_adapters_equals_merged(targets):
+    """The decode loop's copy (kernels stored [out, in] for one-row batches) keeps the adapters'
+    effect: greedy generation with unmerged adapters gives the merged model's tokens and logits, for
+    one row, for a batch on one expert and for a batch that mixes experts."""
+    from rsunivlm_jax.inference.generate import generate
+    cfg = tiny()
+    lora = LoraConfig(rank=4, alpha=8.0, targets=targets)
+    graphdef, base = rs.init(cfg, 0)
+    adapters = random_adapters(cfg, lora)
+    ids, pixels = inputs(cfg)
+    merged = AD.merge(base, adapters, lora)
+    for rows, g in ((slice(0, 1), [2]), (slice(None), [1, 1, 1]), (slice(None), [2, 0, 1])):  # one row: [out, in]
+        want = generate(graphdef, merged, ids[rows], None, pixels[rows], g, max_new_tokens=5, eos_ids=(),
+                        return_logits=True)
+        got = generate(AD.graphdef(cfg, lora), AD.combine(base, adapters), ids[rows], None, pixels[rows], g,
+                       max_new_tokens=5, eos_ids=(), return_logits=True)
+        assert (got.tokens == want.tokens).all(), g
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-4)
