@@ -197,9 +197,17 @@ def picture(images: Sequence[Image.Image], message: str, answer: str, task: str 
             grid_size: int) -> Image.Image:
     """The answer drawn: boxes ([VG]; the question's box for [REF]), the mask overlaid ([SEG]),
     before | after | change map (two-image [SEG]), else the image(s) alone."""
+    import uuid
+
     from rsunivlm_jax.eval import render as R
     shown = [display_copy(im) for im in images]
-    return R.answer_picture(task, shown, answer, prompt=message, grid_size=grid_size, min_side=0)
+    drawn = R.answer_picture(task, shown, answer, prompt=message, grid_size=grid_size, min_side=0)
+    # Gradio caches an output picture under the hash of its PNG bytes and rewrites that file in
+    # place, so two requests with the same picture would share one file, one truncating it while
+    # the other's is served (gradio-app/gradio#8878). A per-response PNG text chunk (Gradio keeps
+    # text metadata) gives every response its own cache file.
+    drawn.info["rsunivlm-response"] = uuid.uuid4().hex
+    return drawn
 
 
 def info_line(p: Progress) -> str:

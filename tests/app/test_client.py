@@ -176,6 +176,13 @@ def test_concurrent_requests_are_queued_and_share_programs(served, app_images):
         t.join()
     assert all(r[0] == first[0] for r in results)
     assert (stream._prefill._cache_size(), stream._step._cache_size()) == sizes  # nothing recompiled
+    # Equal pictures, each its own file: Gradio rewrites a shared cache file in place, which once
+    # truncated a concurrent download (the picture carries a per-response PNG text chunk).
+    from PIL import Image
+    paths = [r[1] for r in results + [first]]
+    assert len(set(paths)) == len(paths)
+    pixels = [np.asarray(Image.open(p)) for p in paths]
+    assert all((px == pixels[0]).all() for px in pixels)
 
 
 def test_warm_up_compiles_before_the_first_request(served, app_images):
