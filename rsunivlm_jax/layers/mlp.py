@@ -82,9 +82,7 @@ class GMoEMLP(nnx.Module):
         dtype = dtype_of(self.dtype)
         if self.gate_proj.kernel_transposed:  # the decode copy: one expert, kernels [1, out, in]
             gate, up, down = (p.kernel[...][0].astype(dtype) for p in (self.gate_proj, self.up_proj, self.down_proj))
-            x = x.astype(dtype)
-            h = jax.nn.silu(jnp.einsum("bti,oi->bto", x, gate)) * jnp.einsum("bti,oi->bto", x, up)
-            return jnp.einsum("bti,oi->bto", h, down)
+            return routing._swiglu(x.astype(dtype), gate, up, down, spec="bti,oi->bto")
         kernels = tuple(p.weight().astype(dtype) for p in (self.gate_proj, self.up_proj, self.down_proj))
         x = x.astype(dtype)
         if self.fuse_gate_up and kernels[0].shape[0] == 1 and x.ndim == 3 and x.shape[1] > 1:

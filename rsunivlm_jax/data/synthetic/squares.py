@@ -21,11 +21,26 @@ from rsunivlm_jax.data.synthetic.sample import check_split
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), "yellow": (230, 220, 40)}
 
 
+def _free(box, taken) -> bool:
+    """Whether pixel box ``[x1, y1, x2, y2]`` overlaps none of the boxes in `taken`."""
+    return all(box[2] <= o[0] or o[2] <= box[0] or box[3] <= o[1] or o[3] <= box[1] for o in taken)
+
+
+def _save_png(out_dir, rel: str, array) -> None:
+    """`array` as a PNG at `out_dir`/`rel`, written to a temporary name and renamed."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    fileio.atomic_write_bytes(os.path.join(out_dir, rel), buf.getvalue())
+
+
 def _place(rng, size: int, side: int, taken: list) -> list[int] | None:
     for _ in range(100):
         x1, y1 = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
         box = [x1, y1, x1 + side, y1 + side]
-        if all(box[2] <= o[0] or o[2] <= box[0] or box[3] <= o[1] or o[3] <= box[1] for o in taken):
+        if _free(box, taken):
             return box
     return None
 
@@ -51,7 +66,6 @@ def make_square_image(rng, size: int = 64, num_squares: int = 1):
 def write_squares(out_dir, num: int, *, split: str = "train", num_squares: int = 1, image_size: int = 64,
                   seed: int = 0) -> str:
     """Writes `num` `[VG]` records (``<split>.jsonl``) and their PNGs under `out_dir`; returns the records' path."""
-    from PIL import Image
     check_split(split)
     rng = np.random.default_rng([seed, num_squares, sum(map(ord, split))])
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
@@ -60,9 +74,7 @@ def write_squares(out_dir, num: int, *, split: str = "train", num_squares: int =
         image, squares = make_square_image(rng, image_size, num_squares)
         name, box = squares[0]
         rel = f"images/squares{num_squares}_{split}_{i:06d}.png"
-        tmp = os.path.join(out_dir, rel + ".tmp")
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, os.path.join(out_dir, rel))
+        _save_png(out_dir, rel, image)
         lines.append(json.dumps({
             "id": f"squares{num_squares}-{split}-{i:06d}", "task": "vg", "image": rel,
             "conversations": [
@@ -84,7 +96,7 @@ def _place_cells(rng, size: int, cell: int, taken: list) -> list[int]:
         x1 = int(rng.integers(0, (size - side) // cell + 1)) * cell
         y1 = int(rng.integers(0, (size - side) // cell + 1)) * cell
         box = [x1, y1, x1 + side, y1 + side]
-        if all(box[2] <= o[0] or o[2] <= box[0] or box[3] <= o[1] or o[3] <= box[1] for o in taken):
+        if _free(box, taken):
             return box
     raise RuntimeError("no free place for a square")
 
@@ -103,7 +115,6 @@ def write_square_masks(out_dir, num: int, *, kind: str, split: str = "train", im
 
     Change records ask ``[SEG] Please segment the red area that have changed in the second image.``
     Returns the records' path."""
-    from PIL import Image
     check_split(split)
     if kind not in MASK_KINDS:
         raise ValueError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
@@ -113,11 +124,6 @@ def write_square_masks(out_dir, num: int, *, kind: str, split: str = "train", im
     rng = np.random.default_rng([seed, MASK_KINDS.index(kind), sum(map(ord, split))])
     for sub in ("images", "masks"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-
-    def save(array, rel):
-        tmp = os.path.join(out_dir, rel + ".tmp")
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, os.path.join(out_dir, rel))
 
     lines = []
     for i in range(int(num)):
@@ -130,13 +136,13 @@ def write_square_masks(out_dir, num: int, *, kind: str, split: str = "train", im
         mask = np.zeros((image_size, image_size), np.uint8)
         mask[target[1]:target[3], target[0]:target[2]] = 255
         stem = f"{kind}_{split}_{i:06d}"
-        save(after, f"images/{stem}.png")
-        save(mask, f"masks/{stem}.png")
+        _save_png(out_dir, f"images/{stem}.png", after)
+        _save_png(out_dir, f"masks/{stem}.png", mask)
         answer = T.encode_mask(T.mask_to_grid(mask > 0, grid_size), "red")
         if kind == "seg":
             task, images, question = "seg", f"images/{stem}.png", T.make_user_message("seg", label="red")
         else:
-            save(before, f"images/{stem}_a.png")
+            _save_png(out_dir, f"images/{stem}_a.png", before)
             task, images = "cd", [f"images/{stem}_a.png", f"images/{stem}.png"]
             question = T.make_user_message("cd", label="red")
         lines.append(json.dumps({
