@@ -38,7 +38,7 @@ def run(workdir, *, squares: int = 1, steps: int = 600, num_train: int = 3000, n
 
     work = Path(workdir)
     data, tok, run_dir = work / "data", work / "tokenizer", work / "run"
-    kind = "vg" if task == "vg" else ("seg" if task == "seg" else "cd")
+    kind = "cd" if task.startswith("cd_") else task          # the evaluated task: vg, seg or cd
     if not (data / "test.jsonl").is_file():
         for split, n in (("train", num_train), ("test", num_eval)):
             if task == "vg":

@@ -146,7 +146,7 @@ def write_square_masks(out_dir, num: int, *, kind: str, split: str = "train", im
             task, images = "cd", [f"images/{stem}_a.png", f"images/{stem}.png"]
             question = T.make_user_message("cd", label="red")
         lines.append(json.dumps({
-            "id": f"{stem}", "task": task, "image": images,
+            "id": stem, "task": task, "image": images,
             "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
             "gt": {"mask": f"masks/{stem}.png", "label": "red", "width": image_size, "height": image_size,
                    "grid_size": grid_size}}))
