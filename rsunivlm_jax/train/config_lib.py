@@ -204,16 +204,18 @@ def demo_config(variant: str | None = None) -> config_dict.ConfigDict:
         num_layers_used=2))
     c.model.num_experts = 3              # stage 2 (G-MoE); stage 1 and the dense baseline have 1
 
-    # Training (rsunivlm_jax.train.trainer; one CPU device). Stage 2 steps: the G-MoE model and, on
-    # the same batches, the dense baseline. Learning rate: at 3e-3 the image pathway often stayed
-    # unused (classification at chance in 2 of 10 runs, below 0.6 in 3 more); at 1e-3 all three runs
-    # read the image (cls >= 0.95; docs/demo.md). Text slots: ~95 % of 8x8 mask conversations fit
-    # in max_text_len (the rest lose their last rows); image- and region-level batches get
-    # short_text_len (their conversations need < 70). Loss weighting: "token" (the reference: every
-    # target token weighs the same), "sample" (every example weighs the same) or "sqrt"
-    # (rsunivlm_jax.train.loss). eval_every: the held-out loss (a few batches) for the loss curves.
+    # Training (rsunivlm_jax.train.trainer; one CPU device). Stage 1: 2,000 steps (with 1,000 the
+    # grounding boxes and yes/no answers did not depend on the image in every seed; docs/demo.md).
+    # Stage 2 steps: the G-MoE model and, on the same batches, the dense baseline. Learning rate: at
+    # 3e-3 the image pathway often stayed unused (classification at chance in 2 of 10 runs, below 0.6
+    # in 3 more); at 1e-3 all three runs read the image (cls >= 0.95; docs/demo.md). Text slots: ~95 %
+    # of 8x8 mask conversations fit in max_text_len (the rest lose their last rows); image- and
+    # region-level batches get short_text_len (their conversations need < 70). Loss weighting:
+    # "token" (the reference: every target token weighs the same), "sample" (every example weighs
+    # the same) or "sqrt" (rsunivlm_jax.train.loss). eval_every: the held-out loss (a few batches)
+    # for the loss curves.
     c.train = config_dict.ConfigDict(dict(
-        global_batch=16, stage1_steps=1000, stage2_steps=300, lr=1e-3, stage2_lr=5e-4, warmup_steps=20, clip=1.0,
+        global_batch=16, stage1_steps=2000, stage2_steps=300, lr=1e-3, stage2_lr=5e-4, warmup_steps=20, clip=1.0,
         weight_decay=0.0, max_text_len=160, short_text_len=72, loss_weighting="sample", log_every=10,
         ckpt_every=200, eval_every=200, eval_batches=4))
 
