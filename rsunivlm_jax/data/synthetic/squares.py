@@ -4,8 +4,10 @@ One to four non-overlapping squares (12-24 px at 64 px, one colour each from `CO
 uniform grey; the `[VG]` question names one square by its colour ("Where is the red square?") and
 the answer is its box in the paper's format. With one square the answer needs no reading of the
 question, only of the image (where is the square?); with two or more the model must also pick the
-square the question names (text-conditioned selection). `docs/demo.md` reports what the tiny model
-learns on each.
+square the question names (text-conditioned selection). The mask sets (`write_square_masks`) put
+cell-aligned squares on the same plain background; `write_pasted_changes` pastes squares onto
+scene images instead, for change detection on textured scenes. `docs/demo.md` reports what the
+tiny model learns on each.
 """
 from __future__ import annotations
 
@@ -152,4 +154,85 @@ def write_square_masks(out_dir, num: int, *, kind: str, split: str = "train", im
                    "grid_size": grid_size}}))
     path = os.path.join(out_dir, f"{split}.jsonl")
     fileio.atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+PASTED_KINDS = ("added", "compare", "off_grid")
+
+
+def write_pasted_changes(out_dir, images, num: int, *, split: str = "train", image_size: int = 64,
+                         grid_size: int = 8, seed: int = 0) -> str:
+    """Change pairs made by pasting a square onto scenes: `num` ``cd`` records in
+    ``pasted_<split>.jsonl`` under `out_dir`, with their PNGs and masks; returns the records' path.
+
+    `images` are paths relative to `out_dir` of `image_size` RGB scenes (the main job passes its
+    training scenes), used in turn as the before image. The after image pastes one square of a
+    colour from `COLOURS`, and the question asks for that colour's changed area
+    (``[SEG] Please segment the red area that have changed in the second image.``). The kinds
+    follow `PASTED_KINDS` in turn:
+
+    * ``added``: 2-3 grid cells on the cell grid;
+    * ``compare``: the same, with a square of the same colour at another place in both images, so
+      only comparing the two images tells which one is new;
+    * ``off_grid``: 18-24 px at 64 px (scaled with `image_size`), anywhere.
+
+    The main job's own change pairs are not learned by its tiny model when trained from scratch;
+    a model first trained on these pairs reads them (docs/demo.md). Deterministic in the arguments.
+    """
+    from PIL import Image
+
+    check_split(split)
+    if image_size % grid_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of grid_size {grid_size}")
+    images = list(images)
+    if num and not images:
+        raise ValueError("no scene images to paste onto")
+    cell = image_size // grid_size
+    lo, hi = round(image_size * 18 / 64), round(image_size * 24 / 64)
+    rng = np.random.default_rng([seed, 11, sum(map(ord, split))])
+    root = os.path.realpath(out_dir)
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    lines = []
+    for i in range(int(num)):
+        rel = images[i % len(images)]
+        path = os.path.realpath(os.path.join(root, rel))
+        if os.path.commonpath([root, path]) != root:
+            raise ValueError(f"scene image {rel!r} is outside {out_dir}")
+        with Image.open(path) as im:
+            before = np.array(im.convert("RGB"))
+        if before.shape != (image_size, image_size, 3):
+            raise ValueError(f"scene image {rel!r} is {before.shape[1]}x{before.shape[0]}, "
+                             f"expected {image_size}x{image_size}")
+        kind = PASTED_KINDS[i % len(PASTED_KINDS)]
+        name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        stem = f"pasted_{split}_{i:06d}"
+        taken = []
+        if kind == "compare":
+            other = _place_cells(rng, image_size, cell, [])
+            before[other[1]:other[3], other[0]:other[2]] = COLOURS[name]
+            taken.append(other)
+            before_rel = f"images/{stem}_a.png"
+            _save_png(out_dir, before_rel, before)
+        else:
+            before_rel = rel
+        if kind == "off_grid":
+            target = _place(rng, image_size, int(rng.integers(lo, hi + 1)), taken)
+        else:
+            target = _place_cells(rng, image_size, cell, taken)
+        after = before.copy()
+        after[target[1]:target[3], target[0]:target[2]] = COLOURS[name]
+        mask = np.zeros((image_size, image_size), np.uint8)
+        mask[target[1]:target[3], target[0]:target[2]] = 255
+        _save_png(out_dir, f"images/{stem}.png", after)
+        _save_png(out_dir, f"masks/{stem}.png", mask)
+        lines.append(json.dumps({
+            "id": f"pasted-{split}-{i:06d}", "task": "cd", "image": [before_rel, f"images/{stem}.png"],
+            "conversations": [
+                {"from": "human", "value": T.make_user_message("cd", label=name)},
+                {"from": "gpt", "value": T.encode_mask(T.mask_to_grid(mask > 0, grid_size), name)}],
+            "gt": {"mask": f"masks/{stem}.png", "label": name, "width": image_size, "height": image_size,
+                   "grid_size": grid_size, "kind": kind}}))
+    path = os.path.join(out_dir, f"pasted_{split}.jsonl")
+    fileio.atomic_write_text(path, "\n".join(lines) + "\n" if lines else "")
     return path
