@@ -49,6 +49,13 @@ def _stamp() -> dict:
     return {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_at_end": list(os.getloadavg())}
 
 
+def _write(path: Path, result: dict) -> None:
+    """`result` without machine paths, written atomically (`bench.common.scrub_paths`)."""
+    from bench.common import scrub_paths
+    from rsunivlm_jax.fileio import atomic_write_json
+    atomic_write_json(path, scrub_paths(result))
+
+
 def run(name: str) -> dict:
     cmd = [sys.executable] + BENCHES[name]
     if name == "convert":
@@ -62,11 +69,10 @@ def run(name: str) -> dict:
         raise SystemExit(f"{name} failed with exit code {proc.returncode}")
     if name == "data_pipeline":
         rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
-        (RESULTS / "data_pipeline.json").write_text(json.dumps({"bench": "data_pipeline", "results": rows,
-                                                                **_stamp()}, indent=2))
+        _write(RESULTS / "data_pipeline.json", {"bench": "data_pipeline", "results": rows, **_stamp()})
     if name == "convert":
         report = json.loads((Path(work) / "report.json").read_text())
-        (RESULTS / "convert_full.json").write_text(json.dumps(dict(report, **_stamp()), indent=2))
+        _write(RESULTS / "convert_full.json", dict(report, **_stamp()))
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - t0
     print(f"== {name} done in {wall:.0f}s", flush=True)

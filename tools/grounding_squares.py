@@ -47,9 +47,9 @@ def run(workdir, *, squares: int = 1, steps: int = 600, num_train: int = 3000, n
     work = Path(workdir)
     data, tok, run_dir = work / "data", work / "tokenizer", work / "run"
     kind = "cd" if task.startswith("cd_") else task          # the evaluated task: vg, seg or cd
-    records = {split: data / (f"pasted_{split}.jsonl" if task == "cd_pasted" else f"{split}.jsonl")
+    record_files = {split: data / (f"pasted_{split}.jsonl" if task == "cd_pasted" else f"{split}.jsonl")
                for split in ("train", "test")}
-    if not records["test"].is_file():
+    if not record_files["test"].is_file():
         for split, n in (("train", num_train), ("test", num_eval)):
             if task == "vg":
                 write_squares(data, n, split=split, num_squares=squares)
@@ -63,14 +63,14 @@ def run(workdir, *, squares: int = 1, steps: int = 600, num_train: int = 3000, n
         tok.mkdir(parents=True, exist_ok=True)
         fileio.atomic_write_bytes(tok / "tokenizer.json", (Path(init) / "tokenizer.json").read_bytes())
     elif not (tok / "tokenizer.json").is_file():
-        bpe.train_tokenizer(bpe.corpus_texts(load_records(records["train"], data, check_files=False)), tok)
+        bpe.train_tokenizer(bpe.corpus_texts(load_records(record_files["train"], data, check_files=False)), tok)
     vocab = Tokenizer.from_dir(tok, image_token_id=0).vocab_size
     cfg = demo.load_config("full", [f"train.stage1_steps={steps}", *overrides])
     for name in cfg.data.task_weights:                       # this task only
         cfg.data.task_weights[name] = 1.0 if name == kind else 0.0
     c = config_lib.demo_stage_config(cfg, "stage1", data_dir=str(data), tokenizer_dir=str(tok), stage1_dir="",
                                      tokenizer_vocab=vocab)
-    c.data.train, c.data.eval, c.eval.every, c.ckpt.every = str(records["train"]), "", 0, steps
+    c.data.train, c.data.eval, c.eval.every, c.ckpt.every = str(record_files["train"]), "", 0, steps
     if init is not None:
         c.init.mode, c.init.path = "params", str(init)
     if kind != "cd":                                          # one image per record: one image slot
@@ -80,7 +80,7 @@ def run(workdir, *, squares: int = 1, steps: int = 600, num_train: int = 3000, n
     fileio.atomic_write_bytes(run_dir / "tokenizer.json", (tok / "tokenizer.json").read_bytes())
     trainer.train(c, str(run_dir))
     model = load_model(run_dir)
-    source = load_source(records["test"], grid_size=8, max_images=2)
+    source = load_source(record_files["test"], grid_size=8, max_images=2)
     options = EvalOptions(batch_size=num_eval, max_new_tokens=24 if kind == "vg" else 256, constrained=True,
                           grid_size=8, num_examples=0)
     out = {"task": task, "squares": squares if task == "vg" else None, "steps": steps, "num_train": num_train,

@@ -109,7 +109,11 @@ def test_pasted_changes_refuse_scenes_outside_the_directory_or_of_another_size(t
 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "small.png")
     (tmp_path / "out").mkdir()
-    with pytest.raises(ValueError, match="outside"):
+    (tmp_path / "out" / "link.png").symlink_to(tmp_path / "small.png")
+    with pytest.raises(ValueError, match=r"scene image '\.\./small\.png' contains '\.\.'"):
         write_pasted_changes(tmp_path / "out", ["../small.png"], 1)
+    with pytest.raises(ValueError, match="scene image 'link.png' resolves outside .* symlink"):
+        write_pasted_changes(tmp_path / "out", ["link.png"], 1)
+    assert not (tmp_path / "out" / "pasted_train.jsonl").exists()
     with pytest.raises(ValueError, match="32x32, expected 64x64"):
         write_pasted_changes(tmp_path, ["small.png"], 1)

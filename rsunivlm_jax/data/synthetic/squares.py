@@ -18,6 +18,7 @@ import numpy as np
 
 from rsunivlm_jax import fileio
 from rsunivlm_jax import tasks as T
+from rsunivlm_jax.data.paths import resolve_inside
 from rsunivlm_jax.data.synthetic.sample import check_split
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), "yellow": (230, 220, 40)}
@@ -88,6 +89,28 @@ def write_squares(out_dir, num: int, *, split: str = "train", num_squares: int =
     return path
 
 
+def _pasted_record(out_dir, rid: str, stem: str, task: str, firsts: list, before, target, label: str,
+                   grid_size: int, **gt) -> str:
+    """Pastes a square of colour `label` at pixel box `target` onto `before`, saves the result as
+    ``images/<stem>.png`` (the last image, after `firsts`) and its mask as ``masks/<stem>.png``, and
+    returns the record's JSON line: the question asks for `label`'s area, the answer is the mask."""
+    size = before.shape[0]
+    after = before.copy()
+    after[target[1]:target[3], target[0]:target[2]] = COLOURS[label]
+    mask = np.zeros((size, size), np.uint8)
+    mask[target[1]:target[3], target[0]:target[2]] = 255
+    _save_png(out_dir, f"images/{stem}.png", after)
+    _save_png(out_dir, f"masks/{stem}.png", mask)
+    images = [*firsts, f"images/{stem}.png"]
+    return json.dumps({
+        "id": rid, "task": task, "image": images if len(images) > 1 else images[0],
+        "conversations": [
+            {"from": "human", "value": T.make_user_message(task, label=label)},
+            {"from": "gpt", "value": T.encode_mask(T.mask_to_grid(mask > 0, grid_size), label)}],
+        "gt": {"mask": f"masks/{stem}.png", "label": label, "width": size, "height": size, "grid_size": grid_size,
+               **gt}})
+
+
 MASK_KINDS = ("seg", "cd_colour", "cd_compare")
 
 
@@ -133,25 +156,13 @@ def write_square_masks(out_dir, num: int, *, kind: str, split: str = "train", im
         other = _place_cells(rng, image_size, cell, [])
         before[other[1]:other[3], other[0]:other[2]] = COLOURS["red" if kind == "cd_compare" else "blue"]
         target = _place_cells(rng, image_size, cell, [other])
-        after = before.copy()
-        after[target[1]:target[3], target[0]:target[2]] = COLOURS["red"]
-        mask = np.zeros((image_size, image_size), np.uint8)
-        mask[target[1]:target[3], target[0]:target[2]] = 255
         stem = f"{kind}_{split}_{i:06d}"
-        _save_png(out_dir, f"images/{stem}.png", after)
-        _save_png(out_dir, f"masks/{stem}.png", mask)
-        answer = T.encode_mask(T.mask_to_grid(mask > 0, grid_size), "red")
-        if kind == "seg":
-            task, images, question = "seg", f"images/{stem}.png", T.make_user_message("seg", label="red")
-        else:
-            _save_png(out_dir, f"images/{stem}_a.png", before)
-            task, images = "cd", [f"images/{stem}_a.png", f"images/{stem}.png"]
-            question = T.make_user_message("cd", label="red")
-        lines.append(json.dumps({
-            "id": stem, "task": task, "image": images,
-            "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
-            "gt": {"mask": f"masks/{stem}.png", "label": "red", "width": image_size, "height": image_size,
-                   "grid_size": grid_size}}))
+        firsts = []
+        if kind != "seg":
+            firsts = [f"images/{stem}_a.png"]
+            _save_png(out_dir, firsts[0], before)
+        lines.append(_pasted_record(out_dir, stem, stem, "seg" if kind == "seg" else "cd", firsts, before, target,
+                                    "red", grid_size))
     path = os.path.join(out_dir, f"{split}.jsonl")
     fileio.atomic_write_text(path, "\n".join(lines) + "\n")
     return path
@@ -165,8 +176,9 @@ def write_pasted_changes(out_dir, images, num: int, *, split: str = "train", ima
     """Change pairs made by pasting a square onto scenes: `num` ``cd`` records in
     ``pasted_<split>.jsonl`` under `out_dir`, with their PNGs and masks; returns the records' path.
 
-    `images` are paths relative to `out_dir` of `image_size` RGB scenes (the main job passes its
-    training scenes), used in turn as the before image. The after image pastes one square of a
+    `images` are paths relative to `out_dir` of `image_size` RGB scenes (`tools/grounding_squares.py`
+    passes the main job's synthetic scenes), used in turn as the before image; each must resolve
+    inside `out_dir` (symlinks followed). The after image pastes one square of a
     colour from `COLOURS`, and the question asks for that colour's changed area
     (``[SEG] Please segment the red area that have changed in the second image.``). The kinds
     follow `PASTED_KINDS` in turn:
@@ -176,8 +188,8 @@ def write_pasted_changes(out_dir, images, num: int, *, split: str = "train", ima
       only comparing the two images tells which one is new;
     * ``off_grid``: 18-24 px at 64 px (scaled with `image_size`), anywhere.
 
-    The main job's own change pairs are not learned by its tiny model when trained from scratch;
-    a model first trained on these pairs reads them (docs/demo.md). Deterministic in the arguments.
+    The main job's tiny model reads these changes within a few hundred steps, unlike the scenes'
+    own change pairs (docs/demo.md). Deterministic in the arguments.
     """
     from PIL import Image
 
@@ -190,16 +202,12 @@ def write_pasted_changes(out_dir, images, num: int, *, split: str = "train", ima
     cell = image_size // grid_size
     lo, hi = round(image_size * 18 / 64), round(image_size * 24 / 64)
     rng = np.random.default_rng([seed, 11, sum(map(ord, split))])
-    root = os.path.realpath(out_dir)
     for sub in ("images", "masks"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     lines = []
     for i in range(int(num)):
         rel = images[i % len(images)]
-        path = os.path.realpath(os.path.join(root, rel))
-        if os.path.commonpath([root, path]) != root:
-            raise ValueError(f"scene image {rel!r} is outside {out_dir}")
-        with Image.open(path) as im:
+        with Image.open(resolve_inside(out_dir, rel, what="scene image")) as im:
             before = np.array(im.convert("RGB"))
         if before.shape != (image_size, image_size, 3):
             raise ValueError(f"scene image {rel!r} is {before.shape[1]}x{before.shape[0]}, "
@@ -207,32 +215,19 @@ def write_pasted_changes(out_dir, images, num: int, *, split: str = "train", ima
         kind = PASTED_KINDS[i % len(PASTED_KINDS)]
         name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         stem = f"pasted_{split}_{i:06d}"
-        taken = []
+        firsts, taken = [rel], []
         if kind == "compare":
-            other = _place_cells(rng, image_size, cell, [])
-            before[other[1]:other[3], other[0]:other[2]] = COLOURS[name]
-            taken.append(other)
-            before_rel = f"images/{stem}_a.png"
-            _save_png(out_dir, before_rel, before)
-        else:
-            before_rel = rel
+            taken.append(_place_cells(rng, image_size, cell, []))
+            x1, y1, x2, y2 = taken[0]
+            before[y1:y2, x1:x2] = COLOURS[name]
+            firsts = [f"images/{stem}_a.png"]
+            _save_png(out_dir, firsts[0], before)
         if kind == "off_grid":
             target = _place(rng, image_size, int(rng.integers(lo, hi + 1)), taken)
         else:
             target = _place_cells(rng, image_size, cell, taken)
-        after = before.copy()
-        after[target[1]:target[3], target[0]:target[2]] = COLOURS[name]
-        mask = np.zeros((image_size, image_size), np.uint8)
-        mask[target[1]:target[3], target[0]:target[2]] = 255
-        _save_png(out_dir, f"images/{stem}.png", after)
-        _save_png(out_dir, f"masks/{stem}.png", mask)
-        lines.append(json.dumps({
-            "id": f"pasted-{split}-{i:06d}", "task": "cd", "image": [before_rel, f"images/{stem}.png"],
-            "conversations": [
-                {"from": "human", "value": T.make_user_message("cd", label=name)},
-                {"from": "gpt", "value": T.encode_mask(T.mask_to_grid(mask > 0, grid_size), name)}],
-            "gt": {"mask": f"masks/{stem}.png", "label": name, "width": image_size, "height": image_size,
-                   "grid_size": grid_size, "kind": kind}}))
+        lines.append(_pasted_record(out_dir, f"pasted-{split}-{i:06d}", stem, "cd", firsts, before, target, name,
+                                    grid_size, kind=kind))
     path = os.path.join(out_dir, f"pasted_{split}.jsonl")
     fileio.atomic_write_text(path, "\n".join(lines) + "\n" if lines else "")
     return path
